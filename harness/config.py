@@ -1,0 +1,255 @@
+"""Suite files + command-line overrides -> one validated, typed config.
+
+A suite is a YAML file in ``suites/``; the command line adds ``key=value``
+overrides (dotted keys for nesting, lists in brackets). The schema below is an
+OmegaConf structured config, so merging and type checks are OmegaConf's; this
+module only turns its exceptions into one-line ``UsageError``s that name the
+bad key or value and what would have been valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from harness.errors import UsageError, unknown
+
+SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
+DEFAULT_SUITE = "digits"
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"  # a registered dataset (harness.data.DATASETS)
+    path: str | None = None  # where the files are, for datasets read from disk
+    resize: int = 16  # images are stored at resize x resize (shorter side, then center square)
+    crop: int = 14  # network input: random crops for training, the center crop for single-crop eval
+    hflip: bool = False  # random horizontal flips in training (not for digits or letters)
+    num_workers: int = 0  # loader processes for datasets read from disk
+
+
+@dataclass
+class ModelConfig:
+    name: str = "vgg_small_2"  # a registered architecture (harness.models.ARCHITECTURES)
+    dropout: float = 0.5  # in the fc layers, as in VGG
+
+
+@dataclass
+class StageSchedule:
+    epochs: int = 1
+    lr: float = 0.01
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adam
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 64  # labeled images per step
+    unlabeled_batch_size: int = 64  # unlabeled images per step, for stages that use the pool
+    lr_schedule: str = "cosine"  # cosine | constant, applied within each stage
+    grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 256
+    every: int = 1  # evaluate val (single crop) every N epochs, for history.csv
+    topk: int = 5
+
+
+@dataclass
+class SuiteConfig:
+    """Every key a suite file or a ``key=value`` override may set."""
+
+    suite: str = DEFAULT_SUITE
+    description: str = ""
+    methods: list[str] = field(default_factory=lambda: ["baseline"])  # or ["all"]
+    labels: list[Any] = field(default_factory=lambda: [100])  # total count (int) or fraction
+    seeds: list[int] = field(default_factory=lambda: [0])  # split seed = train seed
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    # stage name -> length and learning rate; which stages exist is the method's choice
+    schedule: dict[str, StageSchedule] = field(default_factory=dict)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    device: str = "cpu"  # cpu | cuda | auto; cuda turns on AMP and channels_last
+    threads: int = 0  # torch intra-op threads on CPU; 0 keeps torch's default
+    launcher: str = "inprocess"
+    results: str = "results"  # the results root
+    progress: bool = True  # tqdm bars on stderr
+
+
+# Keys that change how a run executes but not what it computes: left out of run ids.
+EXECUTION_KEYS = (
+    "suite",
+    "description",
+    "methods",
+    "labels",
+    "seeds",
+    "device",
+    "threads",
+    "launcher",
+    "results",
+    "progress",
+)
+EXECUTION_DATA_KEYS = ("num_workers",)
+
+_LIST_KEYS = ("methods", "labels", "seeds")
+
+
+def available_suites() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+
+
+def suite_path(name: str) -> Path:
+    """A suite name from ``suites/``, or a path to a YAML file of one's own."""
+    if name.endswith((".yaml", ".yml")):
+        path = Path(name)
+        if not path.is_file():
+            raise UsageError(f"suite file {name!r} does not exist")
+        return path
+    path = SUITES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise unknown("suite", name, available_suites())
+    return path
+
+
+def parse_overrides(argv: list[str]) -> list[str]:
+    """Check that every argument is ``key=value``; wrap scalars given to list keys."""
+    dotlist = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or not key:
+            raise UsageError(f"argument {arg!r} is not of the form key=value")
+        if key in _LIST_KEYS and not value.strip().startswith("["):
+            value = f"[{value}]"
+        dotlist.append(f"{key}={value}")
+    return dotlist
+
+
+def _valid_keys(dotted: str) -> list[str]:
+    """The keys valid beside ``dotted``, a dotted path into the schema."""
+    cls: Any = SuiteConfig
+    for part in dotted.split(".")[:-1]:
+        if cls is None:
+            break
+        if cls is SuiteConfig and part == "schedule":
+            return [f.name for f in dataclasses.fields(StageSchedule)]
+        found = {f.name: f for f in dataclasses.fields(cls)}.get(part)
+        default = found.default_factory() if found and callable(found.default_factory) else None
+        cls = type(default) if dataclasses.is_dataclass(default) else None
+    if cls is StageSchedule or cls is None and dotted.startswith("schedule."):
+        return [f.name for f in dataclasses.fields(StageSchedule)]
+    return [f.name for f in dataclasses.fields(cls)] if cls else []
+
+
+def _explain(error: OmegaConfBaseException, source: str) -> UsageError:
+    key = getattr(error, "full_key", None) or "?"
+    first_line = str(error).splitlines()[0]
+    if isinstance(error, ConfigKeyError):
+        valid = _valid_keys(key)
+        return unknown(f"key in {source}", key, [_join(key, v) for v in valid])
+    return UsageError(f"bad value for key {key!r} in {source}: {first_line}")
+
+
+def _join(key: str, leaf: str) -> str:
+    head = key.rpartition(".")[0]
+    return f"{head}.{leaf}" if head else leaf
+
+
+def load_config(argv: list[str]) -> DictConfig:
+    """The validated config for ``argv`` (a list of ``key=value``), or a UsageError."""
+    dotlist = parse_overrides(argv)
+    suite_name = DEFAULT_SUITE
+    rest = []
+    for item in dotlist:
+        key, _, value = item.partition("=")
+        if key == "suite":
+            suite_name = value
+        else:
+            rest.append(item)
+    path = suite_path(suite_name)
+    try:
+        suite_yaml = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise UsageError(f"suite file {str(path)!r} is not valid YAML: {error}") from None
+    if not isinstance(suite_yaml, dict):
+        raise UsageError(f"suite file {str(path)!r} must hold a mapping of keys")
+    suite_yaml["suite"] = path.stem
+    cfg = OmegaConf.structured(SuiteConfig)
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.create(suite_yaml))
+    except OmegaConfBaseException as error:
+        raise _explain(error, f"suite file {path.name}") from None
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(rest))
+    except OmegaConfBaseException as error:
+        raise _explain(error, "the command line") from None
+    _check_values(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise unknown(f"value for {key}", value, choices)
+
+
+def _check_values(cfg: DictConfig) -> None:
+    """Range and choice checks OmegaConf's types cannot express."""
+    _choice("device", cfg.device, ("cpu", "cuda", "auto"))
+    _choice("optim.name", cfg.optim.name, ("sgd", "adam"))
+    _choice("optim.lr_schedule", cfg.optim.lr_schedule, ("cosine", "constant"))
+    from harness.launchers import LAUNCHERS  # late: launchers import the trainer
+
+    _choice("launcher", cfg.launcher, tuple(LAUNCHERS))
+    positive = {
+        "data.resize": cfg.data.resize,
+        "data.crop": cfg.data.crop,
+        "optim.batch_size": cfg.optim.batch_size,
+        "optim.unlabeled_batch_size": cfg.optim.unlabeled_batch_size,
+        "eval.batch_size": cfg.eval.batch_size,
+        "eval.every": cfg.eval.every,
+        "eval.topk": cfg.eval.topk,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise UsageError(f"{key} must be a positive integer, got {value}")
+    if cfg.data.crop > cfg.data.resize:
+        raise UsageError(
+            f"data.crop ({cfg.data.crop}) must not exceed data.resize ({cfg.data.resize})"
+        )
+    if not cfg.seeds:
+        raise UsageError("seeds must list at least one seed")
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        raise UsageError(f"seeds has a repeated value: {list(cfg.seeds)}")
+    if not cfg.labels:
+        raise UsageError("labels must list at least one label budget")
+    for name, stage in cfg.schedule.items():
+        if stage.epochs < 0:
+            raise UsageError(f"schedule.{name}.epochs must be >= 0, got {stage.epochs}")
+        if stage.lr <= 0:
+            raise UsageError(f"schedule.{name}.lr must be > 0, got {stage.lr}")
+
+
+def run_relevant(cfg: DictConfig, stage_names: list[str]) -> dict[str, Any]:
+    """The part of the config that decides one run's numbers (what its id hashes).
+
+    Only the schedule of the run's own stages counts, so lengthening a decoder
+    stage does not re-run the baseline.
+    """
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(plain, dict)
+    for key in EXECUTION_KEYS:
+        plain.pop(key, None)
+    for key in EXECUTION_DATA_KEYS:
+        plain["data"].pop(key, None)
+    plain["schedule"] = {name: plain["schedule"][name] for name in stage_names}
+    return plain

@@ -1,0 +1,30 @@
+"""Datasets, splits and batches; see each module's docstring."""
+
+from harness.data.datasets import DATASETS, Dataset, ImageSet, load_dataset, register_dataset
+from harness.data.loaders import (
+    augment_batch,
+    center_crop,
+    cycled_batches,
+    epoch_batches,
+    load_batches,
+    normalize,
+)
+from harness.data.splits import Split, budget_key, draw_split, load_or_store_split
+
+__all__ = [
+    "DATASETS",
+    "Dataset",
+    "ImageSet",
+    "Split",
+    "augment_batch",
+    "budget_key",
+    "center_crop",
+    "cycled_batches",
+    "draw_split",
+    "epoch_batches",
+    "load_batches",
+    "load_dataset",
+    "load_or_store_split",
+    "normalize",
+    "register_dataset",
+]

@@ -1,0 +1,275 @@
+"""The dataset registry: a name -> a loader returning train and val image sets.
+
+Every dataset is turned into the same shape: uint8 images stored at
+``resize x resize`` (shorter side resized, then the center square), labels as
+int64. Small datasets are held in memory as one tensor; folder datasets keep
+file paths and decode per item. Train-time crops and flips happen later, on the
+batch, so a dataset here is a pure function of its files and ``resize``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from harness.errors import UsageError, unknown
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """One part (train or val) of a dataset."""
+
+    targets: np.ndarray  # int64 [N]
+    images: torch.Tensor | None = None  # uint8 [N, C, R, R], for in-memory sets
+    files: tuple[str, ...] | None = None  # image paths, for sets decoded per item
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    train: ImageSet
+    val: ImageSet
+    classes: tuple[str, ...]
+    channels: int
+    mean: tuple[float, ...]  # per channel, in [0, 1] units
+    std: tuple[float, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the training set a split was drawn from (its size and labels)."""
+        digest = hashlib.sha256(self.name.encode())
+        digest.update(np.ascontiguousarray(self.train.targets, dtype=np.int64).tobytes())
+        for path in self.train.files or ():
+            digest.update(Path(path).name.encode())
+        return digest.hexdigest()[:16]
+
+
+Loader = Callable[[DictConfig], Dataset]
+DATASETS: dict[str, Loader] = {}
+
+
+def register_dataset(name: str) -> Callable[[Loader], Loader]:
+    def add(loader: Loader) -> Loader:
+        DATASETS[name] = loader
+        return loader
+
+    return add
+
+
+def load_dataset(data_cfg: DictConfig) -> Dataset:
+    """Load (once per process) the dataset a suite's ``data`` section names."""
+    if data_cfg.name not in DATASETS:
+        raise unknown("dataset (data.name)", data_cfg.name, DATASETS)
+    return _load_cached(data_cfg.name, data_cfg.path, data_cfg.resize)
+
+
+@lru_cache(maxsize=4)
+def _load_cached(name: str, path: str | None, resize: int) -> Dataset:
+    return DATASETS[name](_Args(path=path, resize=resize))
+
+
+@dataclass(frozen=True)
+class _Args:
+    path: str | None
+    resize: int
+
+
+def _resize_square(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 [N, C, H, W] square images -> uint8 [N, C, size, size] (bilinear, antialiased)."""
+    if images.shape[-1] == size:
+        return images.contiguous()
+    out = []
+    for chunk in images.split(4096):
+        resized = F.interpolate(
+            chunk.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+        out.append(resized.round_().clamp_(0, 255).to(torch.uint8))
+    return torch.cat(out)
+
+
+def _stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel pixel mean and std (labels not used), in [0, 1] units."""
+    x = images.double() / 255.0
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3))
+    return tuple(round(v, 6) for v in mean.tolist()), tuple(round(v, 6) for v in std.tolist())
+
+
+def _in_memory(name: str, train: ImageSet, val: ImageSet, classes: tuple[str, ...]) -> Dataset:
+    assert train.images is not None
+    mean, std = _stats(train.images)
+    return Dataset(name, train, val, classes, int(train.images.shape[1]), mean, std)
+
+
+@register_dataset("digits")
+def load_digits(args: _Args) -> Dataset:
+    """scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes).
+
+    There is no official split: every 4th image (index % 4 == 3) is val, a fixed
+    rule that needs no RNG and keeps classes balanced.
+    """
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    bunch = sklearn_digits()
+    pixels = torch.from_numpy((bunch.images * (255.0 / 16.0)).round().astype(np.uint8))
+    images = _resize_square(pixels[:, None], args.resize)
+    targets = bunch.target.astype(np.int64)
+    is_val = np.arange(len(targets)) % 4 == 3
+    train = ImageSet(targets[~is_val], images=images[torch.from_numpy(~is_val)])
+    val = ImageSet(targets[is_val], images=images[torch.from_numpy(is_val)])
+    return _in_memory("digits", train, val, tuple(str(c) for c in range(10)))
+
+
+FASHION_MNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST format), gzipped or not, as a uint8 array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            raw = handle.read()
+    except (OSError, EOFError) as error:
+        raise UsageError(f"cannot read {str(path)!r}: {error}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise UsageError(f"{str(path)!r} is not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    expected = int(np.prod(shape))
+    if len(raw) - header != expected:
+        raise UsageError(
+            f"{str(path)!r} is truncated or corrupt: header says {shape} "
+            f"({expected} bytes), file holds {len(raw) - header}"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _idx_file(root: Path, stem: str) -> Path:
+    for candidate in (root / f"{stem}.gz", root / stem):
+        if candidate.is_file():
+            return candidate
+    raise UsageError(
+        f"data.path {str(root)!r} has no {stem}(.gz); "
+        "install Debian's dataset-fashion-mnist or point data.path at the idx files"
+    )
+
+
+@register_dataset("fashion_mnist")
+def load_fashion_mnist(args: _Args) -> Dataset:
+    """Fashion-MNIST from its standard idx files (60k train, the 10k test set as val)."""
+    root = Path(args.path or FASHION_MNIST_DEFAULT)
+    if not root.is_dir():
+        raise UsageError(f"data.path {str(root)!r} does not exist (dataset fashion_mnist)")
+    parts = {}
+    for part, prefix in (("train", "train"), ("val", "t10k")):
+        images = read_idx(_idx_file(root, f"{prefix}-images-idx3-ubyte"))
+        labels = read_idx(_idx_file(root, f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise UsageError(
+                f"fashion_mnist {part} files under {str(root)!r} disagree: "
+                f"{images.shape} images, {labels.shape} labels"
+            )
+        if labels.max() >= 10:
+            raise UsageError(f"fashion_mnist {part} labels under {str(root)!r} exceed 9")
+        tensor = _resize_square(torch.from_numpy(images.copy())[:, None], args.resize)
+        parts[part] = ImageSet(labels, images=tensor)
+    return _in_memory("fashion_mnist", parts["train"], parts["val"], FASHION_MNIST_CLASSES)
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _scan_folder(root: Path, part: str) -> tuple[tuple[str, ...], list[str], list[int]]:
+    """Class names and files of ``root/part/<class>/*``, checking each image opens."""
+    directory = root / part
+    if not directory.is_dir():
+        raise UsageError(
+            f"data.path {str(root)!r} has no {part}/ folder "
+            "(image_folder expects train/<class>/* and val/<class>/*)"
+        )
+    classes = tuple(sorted(d.name for d in directory.iterdir() if d.is_dir()))
+    if not classes:
+        raise UsageError(f"{str(directory)!r} holds no class folders")
+    files, targets = [], []
+    for label, name in enumerate(classes):
+        for path in sorted((directory / name).iterdir()):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(str(path))
+                targets.append(label)
+    for path in tqdm(
+        files, desc=f"checking {part} images", unit="img", leave=False, disable=len(files) < 5000
+    ):
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError) as error:
+            raise UsageError(f"unreadable image {path!r}: {error}") from None
+    return classes, files, targets
+
+
+def decode_square(path: str, size: int) -> torch.Tensor:
+    """One image file -> uint8 [3, size, size]: shorter side to ``size``, center square."""
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        width, height = image.size
+        scale = size / min(width, height)
+        new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+        image = image.resize((new_w, new_h), Image.BILINEAR)
+        left, top = (new_w - size) // 2, (new_h - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+        array = np.asarray(image, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+@register_dataset("image_folder")
+def load_image_folder(args: _Args) -> Dataset:
+    """The ImageNet directory layout: ``path/train/<class>/*`` and ``path/val/<class>/*``."""
+    if args.path is None:
+        raise UsageError("dataset image_folder needs data.path (a folder with train/ and val/)")
+    root = Path(args.path)
+    if not root.is_dir():
+        raise UsageError(f"data.path {str(root)!r} does not exist (dataset image_folder)")
+    classes, train_files, train_targets = _scan_folder(root, "train")
+    val_classes, val_files, val_targets = _scan_folder(root, "val")
+    if val_classes != classes:
+        raise UsageError(
+            f"class folders of {str(root / 'val')!r} differ from train/: "
+            f"{sorted(set(val_classes) ^ set(classes))}"
+        )
+    train = ImageSet(np.asarray(train_targets, np.int64), files=tuple(train_files))
+    val = ImageSet(np.asarray(val_targets, np.int64), files=tuple(val_files))
+    return Dataset("image_folder", train, val, classes, 3, IMAGENET_MEAN, IMAGENET_STD)

@@ -1,0 +1,146 @@
+"""Labeled-subset / unlabeled-pool splits.
+
+A split is a pure function of (dataset, label budget, split seed): a
+class-balanced labeled subset, and the rest of the training set as the
+unlabeled pool. It does not depend on the method, so every method of a suite
+sees the same labeled images. It is stored once, with the hash of its content,
+and every later load checks that hash: a changed file is an error, never a
+silent redraw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from harness.data.datasets import Dataset
+from harness.errors import UsageError
+from harness.seeding import numpy_rng
+from harness.store import atomic_write_bytes
+
+
+@dataclass(frozen=True)
+class Split:
+    labeled: np.ndarray  # sorted indices into the training set
+    unlabeled: np.ndarray  # sorted: the rest of the training set
+    budget: str
+    seed: int
+    dataset_fingerprint: str
+
+    @property
+    def content_hash(self) -> str:
+        return split_hash(self.labeled, len(self.labeled) + len(self.unlabeled))
+
+
+def split_hash(labeled: np.ndarray, train_size: int) -> str:
+    digest = hashlib.sha256(str(train_size).encode())
+    digest.update(np.ascontiguousarray(labeled, dtype=np.int64).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def budget_key(budget: object) -> str:
+    """A label budget's canonical text: ``100`` (a total count) or ``0.1`` (a fraction)."""
+    if isinstance(budget, bool):
+        raise UsageError(f"label budget {budget!r} must be a count (int) or a fraction in (0, 1]")
+    if isinstance(budget, int):
+        return str(budget)
+    if isinstance(budget, float):
+        return repr(budget)
+    if isinstance(budget, str):
+        try:
+            return budget_key(int(budget))
+        except ValueError:
+            try:
+                return budget_key(float(budget))
+            except ValueError:
+                pass
+    raise UsageError(f"label budget {budget!r} must be a count (int) or a fraction in (0, 1]")
+
+
+def per_class_counts(budget: str, class_sizes: np.ndarray) -> np.ndarray:
+    """How many labeled images of each class a budget asks for; UsageError if impossible."""
+    classes = len(class_sizes)
+    if "." not in budget and "e" not in budget:
+        total = int(budget)
+        if total < classes or total % classes:
+            raise UsageError(
+                f"label budget {total} cannot be split evenly over {classes} classes; "
+                f"use a multiple of {classes} (e.g. {classes * max(1, total // classes)})"
+            )
+        per_class = total // classes
+        if per_class > class_sizes.min():
+            raise UsageError(
+                f"label budget {total} needs {per_class} images per class but the smallest "
+                f"class has {class_sizes.min()}; the largest valid budget is "
+                f"{classes * class_sizes.min()}"
+            )
+        return np.full(classes, per_class)
+    fraction = float(budget)
+    if not 0 < fraction <= 1:
+        raise UsageError(f"label budget fraction {fraction} must lie in (0, 1]")
+    return np.maximum(1, np.round(fraction * class_sizes)).astype(np.int64)
+
+
+def draw_split(dataset: Dataset, budget: object, seed: int) -> Split:
+    """The split for (dataset, budget, seed); pure, so it can validate without writing."""
+    key = budget_key(budget)
+    targets = dataset.train.targets
+    class_sizes = np.bincount(targets, minlength=dataset.num_classes)
+    counts = per_class_counts(key, class_sizes)
+    rng = numpy_rng("split", dataset.fingerprint, key, seed)
+    chosen = [rng.permutation(np.flatnonzero(targets == c))[:k] for c, k in enumerate(counts)]
+    labeled = np.sort(np.concatenate(chosen)).astype(np.int64)
+    unlabeled = np.setdiff1d(np.arange(len(targets)), labeled).astype(np.int64)
+    return Split(labeled, unlabeled, key, seed, dataset.fingerprint)
+
+
+def split_path(root: Path, dataset: Dataset, budget: str, seed: int) -> Path:
+    return root / "splits" / f"{dataset.name}-{dataset.fingerprint}-labels{budget}-seed{seed}.npz"
+
+
+def load_or_store_split(
+    root: Path, dataset: Dataset, budget: object, seed: int, store: bool = True
+) -> Split:
+    """The stored split, checked against its hash; drawn (and stored) on first use.
+
+    With ``store=False`` nothing is written: the plan is validated this way
+    before any run starts.
+    """
+    drawn = draw_split(dataset, budget, seed)
+    path = split_path(root, dataset, drawn.budget, seed)
+    if not path.exists():
+        if not store:
+            return drawn
+        buffer = io.BytesIO()
+        meta = {
+            "hash": drawn.content_hash,
+            "budget": drawn.budget,
+            "seed": seed,
+            "dataset": dataset.name,
+            "fingerprint": dataset.fingerprint,
+        }
+        np.savez(buffer, labeled=drawn.labeled, meta=np.array(json.dumps(meta)))
+        atomic_write_bytes(path, buffer.getvalue())
+        return drawn
+    try:
+        with np.load(path) as stored:
+            labeled = stored["labeled"]
+            meta = json.loads(str(stored["meta"]))
+    except (OSError, ValueError, KeyError) as error:
+        raise UsageError(
+            f"stored split {str(path)!r} is unreadable ({error}); "
+            "delete it only if no run depends on it"
+        ) from None
+    actual = split_hash(labeled, len(dataset.train))
+    if actual != meta.get("hash"):
+        raise UsageError(
+            f"stored split {str(path)!r} does not match its hash "
+            f"(stored {meta.get('hash')}, content {actual}); refusing to redraw"
+        )
+    unlabeled = np.setdiff1d(np.arange(len(dataset.train)), labeled).astype(np.int64)
+    return Split(labeled.astype(np.int64), unlabeled, drawn.budget, seed, dataset.fingerprint)

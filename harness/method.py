@@ -1,0 +1,116 @@
+"""The method contract and registry.
+
+A method says *what* is trained; the trainer (``harness.train``) says *how*.
+A method provides:
+
+- ``build_model(encoder)``: the module it trains, built around the suite's
+  encoder (the baseline returns it as is; decoding pathways add a decoder);
+- ``stages()``: its ordered training stages. Each names its schedule key in the
+  suite, which parameters train, whether it draws labeled and/or unlabeled
+  batches, and optionally another method's stage it starts from;
+- ``loss(model, stage, batch)``: a dict of named scalar terms (each logged on
+  its own); the trainer minimizes their sum.
+
+Optional hooks keep room for the classic SSL methods without touching the
+trainer: ``views`` (how many augmented views of each unlabeled image a batch
+carries: two for FixMatch's weak/strong pair), ``after_step`` (a Mean Teacher
+EMA update), and ``state_dict``/``load_state_dict`` (state kept beside the
+model, saved in every checkpoint). Pseudo-Label makes its targets inside
+``loss``; Ladder's noisy and clean passes are two forward calls there.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from harness.errors import unknown
+from harness.models import VGG
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # its key under the suite's `schedule` (epochs, lr)
+    trains: str = "all"  # parameter group, resolved by Method.parameters
+    labeled: bool = True  # draws labeled batches
+    unlabeled: bool = False  # draws unlabeled batches; then an epoch is a pass over the pool
+    starts_from: tuple[str, str] | None = None  # (method, stage): begin from that run's weights
+
+
+@dataclass
+class Batch:
+    """One training step's inputs, already augmented and normalized on the device."""
+
+    x: torch.Tensor | None = None  # labeled images
+    y: torch.Tensor | None = None  # their labels
+    u: list[torch.Tensor] = field(default_factory=list)  # views of the unlabeled images
+
+
+class Method:
+    """Base class: supervised cross-entropy on the labeled batch, one view per role."""
+
+    name: ClassVar[str] = ""
+    views: ClassVar[int] = 1  # augmented views drawn of each unlabeled image
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+
+    def build_model(self, encoder: VGG) -> nn.Module:
+        return encoder
+
+    def stages(self) -> list[Stage]:
+        raise NotImplementedError
+
+    def parameters(self, model: nn.Module, stage: Stage) -> Iterator[nn.Parameter]:
+        if stage.trains != "all":
+            raise ValueError(f"{self.name}: unknown parameter group {stage.trains!r}")
+        return model.parameters()
+
+    def loss(self, model: nn.Module, stage: Stage, batch: Batch) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def after_step(self, model: nn.Module, stage: Stage) -> None:
+        """Called after every optimizer step (e.g. an EMA teacher update)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    def add(cls: type[Method]) -> type[Method]:
+        if name in METHODS and METHODS[name] is not cls:
+            raise ValueError(f"method {name!r} registered twice")
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return add
+
+
+def _import_methods() -> None:
+    """Import the ``methods`` package, whose modules register themselves."""
+    importlib.import_module("methods")
+
+
+def available_methods() -> list[str]:
+    _import_methods()
+    return sorted(METHODS)
+
+
+def get_method(name: str) -> type[Method]:
+    _import_methods()
+    if name not in METHODS:
+        raise unknown("method", name, METHODS)
+    return METHODS[name]

@@ -1,0 +1,161 @@
+"""VGG-style encoders made of macro-layers, with a classifier head.
+
+A macro-layer is a run of 3x3 pad-1 convs, each followed by ReLU, then a 2x2
+max-pool. The module layout mirrors torchvision's VGG exactly (``features`` and
+``classifier`` as Sequentials with the same indices), so a torchvision VGG-16
+``state_dict`` loads with ``load_state_dict`` unchanged. ``encode`` exposes what
+decoders need (each macro-layer's pooled output, its max-pool switches and its
+pre-pool size); ``dense_logits`` runs the fc layers as convolutions over a
+larger image for the paper's dense evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.errors import UsageError, unknown
+
+
+@dataclass(frozen=True)
+class Architecture:
+    macro_layers: tuple[tuple[int, ...], ...]  # output channels of each conv, per macro-layer
+    fc: tuple[int, ...]  # hidden fc widths (fc6, fc7)
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "vgg16": Architecture(
+        ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512)), (4096, 4096)
+    ),
+    # For 8-16 px inputs (digits): two macro-layers.
+    "vgg_small_2": Architecture(((32, 32), (64, 64)), (256, 256)),
+    # For 28-32 px inputs (Fashion-MNIST, CIFAR-sized images): three macro-layers.
+    "vgg_small_3": Architecture(((32, 32), (64, 64), (128, 128)), (512, 512)),
+}
+
+
+@dataclass
+class Encoding:
+    """What one encoder pass exposes to decoders, one entry per macro-layer."""
+
+    pooled: list[torch.Tensor]  # pool_l outputs
+    switches: list[torch.Tensor | None]  # max-pool argmax indices (None unless asked for)
+    sizes: list[torch.Size]  # spatial size before each pool (to undo floor division)
+
+
+class VGG(nn.Module):
+    def __init__(
+        self,
+        arch: Architecture,
+        in_channels: int,
+        num_classes: int,
+        input_size: int,
+        dropout: float = 0.5,
+    ):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for widths in arch.macro_layers:
+            for width in widths:
+                layers += [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]
+                channels = width
+            layers.append(nn.MaxPool2d(2, 2))
+        self.features = nn.Sequential(*layers)
+        self.head_size = input_size // 2 ** len(arch.macro_layers)
+        if self.head_size < 1:
+            raise UsageError(
+                f"input size {input_size} is too small for {len(arch.macro_layers)} max-pools"
+            )
+        fc6, fc7 = arch.fc
+        self.classifier = nn.Sequential(
+            nn.Linear(channels * self.head_size**2, fc6),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(fc6, fc7),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(fc7, num_classes),
+        )
+        self.arch = arch
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """torchvision's VGG initialization, so from-scratch training matches it."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0, 0.01)
+                nn.init.zeros_(module.bias)
+
+    @property
+    def macro_layer_modules(self) -> list[list[nn.Conv2d]]:
+        """The convs of each macro-layer, in order (what a decoder mirrors)."""
+        groups: list[list[nn.Conv2d]] = [[]]
+        for module in self.features:
+            if isinstance(module, nn.Conv2d):
+                groups[-1].append(module)
+            elif isinstance(module, nn.MaxPool2d):
+                groups.append([])
+        return groups[:-1]
+
+    def encode(self, x: torch.Tensor, switches: bool = False) -> Encoding:
+        out = Encoding([], [], [])
+        for module in self.features:
+            if isinstance(module, nn.MaxPool2d):
+                out.sizes.append(x.shape[-2:])
+                if switches:
+                    x, index = F.max_pool2d(x, 2, 2, return_indices=True)
+                    out.switches.append(index)
+                else:
+                    x = F.max_pool2d(x, 2, 2)
+                    out.switches.append(None)
+                out.pooled.append(x)
+            else:
+                x = module(x)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.features(x))
+
+    def classify(self, pooled_top: torch.Tensor) -> torch.Tensor:
+        """fc6..fc8 on the last macro-layer's output (the single-crop head)."""
+        if pooled_top.shape[-1] != self.head_size or pooled_top.shape[-2] != self.head_size:
+            raise ValueError(
+                f"classifier expects {self.head_size}x{self.head_size} features, "
+                f"got {tuple(pooled_top.shape[-2:])}; use dense_logits"
+            )
+        return self.classifier(torch.flatten(pooled_top, 1))
+
+    def dense_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores at every position: fc layers applied as convolutions.
+
+        fc6 becomes a ``head_size`` x ``head_size`` conv, fc7 and fc8 1x1 convs,
+        sharing the Linear weights (views, no copies). Returns [B, classes, h, w].
+        """
+        x = self.features(x)
+        linears = [m for m in self.classifier if isinstance(m, nn.Linear)]
+        for i, linear in enumerate(linears):
+            kernel = self.head_size if i == 0 else 1
+            weight = linear.weight.view(linear.out_features, -1, kernel, kernel)
+            x = F.conv2d(x, weight, linear.bias)
+            if i < len(linears) - 1:
+                x = F.relu(x)  # dropout is the identity in eval mode
+        return x
+
+
+def build_encoder(
+    name: str, in_channels: int, num_classes: int, input_size: int, dropout: float = 0.5
+) -> VGG:
+    if name not in ARCHITECTURES:
+        raise unknown("model (model.name)", name, ARCHITECTURES)
+    return VGG(ARCHITECTURES[name], in_channels, num_classes, input_size, dropout)
+
+
+def load_torchvision_vgg(model: VGG, state_dict: dict[str, torch.Tensor]) -> None:
+    """Load a torchvision-format VGG state_dict (same keys; checked strictly)."""
+    model.load_state_dict(state_dict, strict=True)

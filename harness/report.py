@@ -1,0 +1,62 @@
+"""Read run records into a DataFrame and format the error table.
+
+The report reads only the store (``config.yaml`` + ``metrics.json`` of each run
+folder), never logs, and imports nothing from training.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+# (metrics.json key, column title), in the paper's table order
+ERROR_COLUMNS = (
+    ("top1_train", "top-1 train"),
+    ("top1_val", "top-1 val"),
+    ("top5_train", "top-5 train"),
+    ("top5_val", "top-5 val"),
+    ("dense_top1_val", "dense top-1 val"),
+    ("dense_top5_val", "dense top-5 val"),
+)
+
+
+def read_runs(suite_dir: Path) -> pd.DataFrame:
+    """One row per run folder: its plan fields, status and (if done) its metrics."""
+    rows = []
+    for config_file in sorted(suite_dir.glob("*/config.yaml")):
+        folder = config_file.parent
+        try:
+            run = yaml.safe_load(config_file.read_text())["run"]
+        except (OSError, yaml.YAMLError, KeyError, TypeError):
+            continue  # a record being written; the next read sees it whole
+        row = {key: run[key] for key in ("run_id", "method", "labels", "split_seed", "train_seed")}
+        metrics_file = folder / "metrics.json"
+        row["status"] = "done" if metrics_file.is_file() else "incomplete"
+        if row["status"] == "done":
+            row |= json.loads(metrics_file.read_text())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def error_table(runs: pd.DataFrame, methods: list[str]) -> str:
+    """Markdown: method rows per label budget, mean ± std over seeds of each error (%)."""
+    done = runs[runs["status"] == "done"] if len(runs) else runs
+    lines = []
+    header = ["labels", "method", "seeds"] + [title for _, title in ERROR_COLUMNS]
+    table = []
+    for labels in sorted(done["labels"].unique(), key=float) if len(done) else []:
+        for method in methods:
+            group = done[(done["labels"] == labels) & (done["method"] == method)]
+            if group.empty:
+                continue
+            cells = [labels, method, str(len(group))]
+            for key, _ in ERROR_COLUMNS:
+                values = group[key].astype(float)
+                std = values.std(ddof=1) if len(values) > 1 else 0.0
+                cells.append(f"{values.mean():.2f} ± {std:.2f}")
+            table.append(cells)
+    lines.append(pd.DataFrame(table, columns=header).to_markdown(index=False))
+    return "\n".join(lines)

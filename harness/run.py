@@ -1,0 +1,59 @@
+"""``python -m harness.run [suite=NAME] [key=value ...]``: plan, launch, tabulate.
+
+Everything that can be wrong with the input is checked first (config, method
+names, dataset files, label budgets, stored splits, the model against the image
+size); a problem is one line on stderr and exit status 2, with nothing written
+under the results root. Then the launcher runs what is not done yet, and the
+error table of the plan's runs is printed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from harness.config import load_config
+from harness.data import load_dataset, load_or_store_split
+from harness.errors import UsageError
+from harness.launchers import LAUNCHERS
+from harness.models import build_encoder
+from harness.plan import RunSpec, make_plan
+from harness.report import error_table, read_runs
+
+
+def validate(argv: list[str]) -> tuple[DictConfig, list[RunSpec]]:
+    """The config and plan for ``argv``; raises UsageError, writes nothing."""
+    cfg = load_config(argv)
+    plan = make_plan(cfg)
+    dataset = load_dataset(cfg.data)
+    build_encoder(cfg.model.name, dataset.channels, dataset.num_classes, cfg.data.crop)
+    for spec in plan:
+        load_or_store_split(Path(cfg.results), dataset, spec.labels, spec.split_seed, store=False)
+    return cfg, plan
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        cfg, plan = validate(argv)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    suite_dir = Path(cfg.results) / cfg.suite
+    done = sum((suite_dir / spec.run_id / "metrics.json").is_file() for spec in plan)
+    print(f"suite {cfg.suite}: {len(plan)} runs planned, {done} already done", file=sys.stderr)
+    LAUNCHERS[cfg.launcher](plan, cfg)
+    runs = read_runs(suite_dir)
+    ids = {spec.run_id for spec in plan}
+    runs = runs[runs["run_id"].isin(ids)]
+    methods = list(dict.fromkeys(spec.method for spec in plan))
+    print(f"\n## {cfg.suite}: error (%), mean ± std over seeds\n")
+    print(error_table(runs, methods))
+    print(f"\nrun records: {suite_dir}/<run_id>/", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,384 @@
+"""Train one run: its method's stages, epoch by epoch, checkpointed and resumable.
+
+``train_run`` is the whole life of a run (load data and split, build the model,
+resume from ``checkpoint.pt`` if there is one, run the remaining epochs of the
+remaining stages, evaluate, write the record); ``train_one_epoch`` is one pass.
+After every epoch the checkpoint holds the model, optimizer, scheduler, method
+state, every RNG state and the history rows, written atomically; the data order
+and augmentation of an epoch are seeded from (train seed, stage, epoch). A run
+killed at any moment and started again therefore ends bit-identical on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from harness.data import (
+    Dataset,
+    Split,
+    augment_batch,
+    cycled_batches,
+    epoch_batches,
+    load_batches,
+    load_dataset,
+    load_or_store_split,
+    normalize,
+)
+from harness.evaluate import error_rates, predict_topk
+from harness.method import Batch, Method, Stage, get_method
+from harness.models import VGG, build_encoder
+from harness.plan import RunSpec
+from harness.seeding import rng_state, seed_everything, set_rng_state, torch_generator
+from harness.store import RunRecord, atomic_torch_save, run_record
+
+CHECKPOINT_VERSION = 1
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda but torch sees no CUDA device")
+    return torch.device(name)
+
+
+@dataclass
+class Context:
+    """What every step of one run needs: settings, data, split, device."""
+
+    cfg: DictConfig
+    spec: RunSpec
+    dataset: Dataset
+    split: Split
+    device: torch.device
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def prepare(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """uint8 batch -> augmented, normalized float batch on the device."""
+        images = images.to(self.device, non_blocking=True)
+        images = augment_batch(images, self.cfg.data.crop, self.cfg.data.hflip, generator)
+        images = normalize(images, self.mean, self.std)
+        if self.cuda:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+
+def steps_per_epoch(ctx: Context, stage: Stage) -> int:
+    if stage.unlabeled:
+        return math.ceil(len(ctx.split.unlabeled) / ctx.cfg.optim.unlabeled_batch_size)
+    return math.ceil(len(ctx.split.labeled) / ctx.cfg.optim.batch_size)
+
+
+def stage_batches(ctx: Context, method: Method, stage: Stage, epoch: int) -> Iterator[Batch]:
+    """The batches of one epoch of ``stage``, a pure function of (seed, stage, epoch).
+
+    A stage that uses the unlabeled pool iterates over the pool and cycles the
+    labeled subset beside it; unlabeled labels never leave this function.
+    """
+    seed = ctx.spec.train_seed
+    generator = torch_generator("augment", seed, stage.name, epoch)
+    train, cfg = ctx.dataset.train, ctx.cfg
+    pin = ctx.cuda
+    if not stage.unlabeled:
+        batches = epoch_batches(ctx.split.labeled, cfg.optim.batch_size, seed, stage.name, epoch)
+        for x, y in load_batches(train, batches, cfg.data.resize, cfg.data.num_workers, pin):
+            yield Batch(x=ctx.prepare(x, generator), y=y.to(ctx.device, non_blocking=True))
+        return
+    pool = epoch_batches(
+        ctx.split.unlabeled, cfg.optim.unlabeled_batch_size, seed, stage.name, epoch
+    )
+    labeled = None
+    if stage.labeled:
+        labeled = load_batches(
+            train,
+            cycled_batches(ctx.split.labeled, cfg.optim.batch_size, seed, stage.name, epoch),
+            cfg.data.resize,
+            cfg.data.num_workers,
+            pin,
+        )
+    for u, _hidden_labels in load_batches(train, pool, cfg.data.resize, cfg.data.num_workers, pin):
+        batch = Batch(u=[ctx.prepare(u, generator) for _ in range(method.views)])
+        if labeled is not None:
+            x, y = next(labeled)
+            batch.x, batch.y = ctx.prepare(x, generator), y.to(ctx.device, non_blocking=True)
+        yield batch
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    method: Method,
+    stage: Stage,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    batches: Iterator[Batch],
+    *,
+    amp: bool,
+    grad_clip: float,
+    progress: tqdm | None = None,
+) -> dict[str, float]:
+    """One pass over ``batches``; returns the mean of each loss term."""
+    model.train()
+    totals: dict[str, torch.Tensor] = {}
+    steps = 0
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    device_type = next(model.parameters()).device.type
+    for batch in batches:
+        autocast = torch.autocast(device_type, dtype=torch.bfloat16) if amp else nullcontext()
+        with autocast:
+            terms = method.loss(model, stage, batch)
+        loss = sum(terms.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+        scheduler.step()
+        method.after_step(model, stage)
+        for key, value in terms.items():
+            totals[key] = totals.get(key, 0.0) + value.detach().float()
+        steps += 1
+        if progress is not None:
+            progress.update(1)
+    # one device sync per epoch, not per step
+    return {key: float(value) / max(steps, 1) for key, value in totals.items()}
+
+
+def make_optimizer(cfg: DictConfig, params: Any, lr: float) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if cfg.optim.name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.optim.weight_decay)
+    return torch.optim.SGD(
+        params, lr=lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
+    )
+
+
+def make_scheduler(
+    cfg: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step LR factor: cosine from 1 to 0 over the stage, or constant."""
+    if cfg.optim.lr_schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    total = max(total_steps, 1)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    )
+
+
+def set_trainable(model: torch.nn.Module, method: Method, stage: Stage) -> list[torch.nn.Parameter]:
+    """Freeze everything but the stage's parameter group; return that group."""
+    trainable = list(method.parameters(model, stage))
+    chosen = {id(p) for p in trainable}
+    for param in model.parameters():
+        param.requires_grad_(id(param) in chosen)
+    return trainable
+
+
+def evaluate_split(ctx: Context, classifier: VGG, part: str, dense: bool) -> np.ndarray:
+    images = ctx.dataset.train if part == "train" else ctx.dataset.val
+    indices = ctx.split.labeled if part == "train" else np.arange(len(images))
+    cfg = ctx.cfg
+    return predict_topk(
+        classifier,
+        images,
+        indices,
+        dense=dense,
+        crop=cfg.data.crop,
+        resize=cfg.data.resize,
+        k=cfg.eval.topk,
+        batch_size=cfg.eval.batch_size,
+        mean=ctx.mean,
+        std=ctx.std,
+        device=ctx.device,
+        num_workers=cfg.data.num_workers,
+        channels_last=ctx.cuda,
+    )
+
+
+def final_metrics(ctx: Context, classifier: VGG, record: RunRecord) -> dict[str, float]:
+    """Top-1/top-k error on train (the labeled subset) and val, single crop and dense."""
+    metrics: dict[str, float] = {}
+    val_targets = ctx.dataset.val.targets
+    train_targets = ctx.dataset.train.targets[ctx.split.labeled]
+    for dense in (False, True):
+        prefix = "dense_" if dense else ""
+        for part, targets in (("train", train_targets), ("val", val_targets)):
+            topk = evaluate_split(ctx, classifier, part, dense)
+            top1, top5 = error_rates(topk, targets)
+            metrics[f"{prefix}top1_{part}"] = top1
+            metrics[f"{prefix}top5_{part}"] = top5
+            if part == "val" and not dense:
+                record.write_predictions(topk, targets, np.arange(len(targets)))
+    return metrics
+
+
+def _checkpoint(model, method, stage_index, epoch, optimizer, scheduler, history) -> dict:
+    return {
+        "version": CHECKPOINT_VERSION,
+        "stage_index": stage_index,
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "method": method.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer else None,
+        "scheduler": scheduler.state_dict() if scheduler else None,
+        "rng": rng_state(),
+        "history": history,
+    }
+
+
+def train_run(spec: RunSpec, cfg: DictConfig) -> dict[str, Any]:
+    """Run (or resume, or skip) one run and return its metrics."""
+    record = run_record(cfg.results, spec.suite, spec.run_id)
+    if record.is_done():
+        return record.read_metrics()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    dataset = load_dataset(cfg.data)
+    split = load_or_store_split(Path(cfg.results), dataset, spec.labels, spec.split_seed)
+    if not record.config_file.exists():
+        record.write_config(
+            {
+                "run": spec.__dict__ | {"depends_on": list(spec.depends_on)},
+                "split_hash": split.content_hash,
+                "config": OmegaConf.to_container(cfg, resolve=True),
+            }
+        )
+    ctx = Context(
+        cfg,
+        spec,
+        dataset,
+        split,
+        device,
+        torch.tensor(dataset.mean, device=device),
+        torch.tensor(dataset.std, device=device),
+    )
+    method = get_method(spec.method)(cfg)
+    seed_everything("init", spec.train_seed)
+    encoder = build_encoder(
+        cfg.model.name, dataset.channels, dataset.num_classes, cfg.data.crop, cfg.model.dropout
+    )
+    model = method.build_model(encoder).to(device)
+    if ctx.cuda:
+        model = model.to(memory_format=torch.channels_last)
+    checkpoint = record.load_checkpoint()
+    history: list[dict[str, Any]] = []
+    start_stage, start_epoch = 0, 0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        method.load_state_dict(checkpoint["method"])
+        history = checkpoint["history"]
+        start_stage, start_epoch = checkpoint["stage_index"], checkpoint["epoch"]
+    started = time.perf_counter()
+    stages = method.stages()
+    for index, stage in enumerate(stages):
+        if index < start_stage:
+            continue
+        resume = checkpoint if index == start_stage and start_epoch > 0 else None
+        _run_stage(ctx, record, model, method, index, stage, resume, history)
+        atomic_torch_save(model.state_dict(), record.stage_file(stage.name))
+        record.save_checkpoint(_checkpoint(model, method, index + 1, 0, None, None, history))
+    metrics = final_metrics(ctx, encoder, record)
+    metrics |= {
+        "seconds": round(time.perf_counter() - started, 3),
+        "labeled": int(len(split.labeled)),
+        "unlabeled": int(len(split.unlabeled)),
+        "split_hash": split.content_hash,
+        "epochs": len(history),
+    }
+    record.write_metrics(metrics)
+    return metrics
+
+
+def _run_stage(
+    ctx: Context,
+    record: RunRecord,
+    model: torch.nn.Module,
+    method: Method,
+    index: int,
+    stage: Stage,
+    resume: dict[str, Any] | None,
+    history: list[dict[str, Any]],
+) -> None:
+    cfg, spec = ctx.cfg, ctx.spec
+    schedule = cfg.schedule[stage.name]
+    if schedule.epochs == 0:
+        return
+    params = set_trainable(model, method, stage)
+    optimizer = make_optimizer(cfg, params, schedule.lr)
+    per_epoch = steps_per_epoch(ctx, stage)
+    scheduler = make_scheduler(cfg, optimizer, per_epoch * schedule.epochs)
+    first_epoch = 0
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        set_rng_state(resume["rng"])
+        first_epoch = resume["epoch"]
+    classifier = _classifier(model)
+    bar = tqdm(
+        total=per_epoch * schedule.epochs,
+        initial=per_epoch * first_epoch,
+        desc=f"{spec.describe()} [{stage.name}]",
+        unit="step",
+        leave=False,
+        disable=not cfg.progress,
+        dynamic_ncols=True,
+    )
+    for epoch in range(first_epoch, schedule.epochs):
+        # Global RNG streams (dropout, a method's own draws) restart from a seed of
+        # (run, stage, epoch): an epoch computes the same whatever ran before it.
+        seed_everything("epoch", spec.train_seed, stage.name, epoch)
+        tic = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        terms = train_one_epoch(
+            model,
+            method,
+            stage,
+            optimizer,
+            scheduler,
+            stage_batches(ctx, method, stage, epoch),
+            amp=ctx.cuda,
+            grad_clip=cfg.optim.grad_clip,
+            progress=bar,
+        )
+        row: dict[str, Any] = {"stage": stage.name, "epoch": epoch + 1, "lr": lr}
+        row |= {f"loss_{key}": value for key, value in terms.items()}
+        last = epoch + 1 == schedule.epochs
+        if (epoch + 1) % cfg.eval.every == 0 or last:
+            top1, top5 = error_rates(
+                evaluate_split(ctx, classifier, "val", dense=False), ctx.dataset.val.targets
+            )
+            row |= {"top1_val": top1, "top5_val": top5}
+            bar.set_postfix(loss=f"{sum(terms.values()):.3f}", val_top1=f"{top1:.1f}")
+        row["seconds"] = round(time.perf_counter() - tic, 3)
+        history.append(row)
+        record.save_checkpoint(
+            _checkpoint(model, method, index, epoch + 1, optimizer, scheduler, history)
+        )
+        record.write_history(history)
+    bar.close()
+
+
+def _classifier(model: torch.nn.Module) -> VGG:
+    """The encoder+head inside a method's model (the model itself for the baseline)."""
+    if isinstance(model, VGG):
+        return model
+    encoder = getattr(model, "encoder", None)
+    if not isinstance(encoder, VGG):
+        raise TypeError("a method's model must be a VGG or expose it as `.encoder`")
+    return encoder
