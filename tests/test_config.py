@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import pytest
+
+from harness.config import load_config, parse_overrides
+from harness.errors import UsageError
+from harness.plan import make_plan, resolve_methods
+
+
+def test_overrides_merge_with_types_and_nesting():
+    cfg = load_config(
+        [
+            "suite=digits",
+            "seeds=[0,1]",
+            "labels=[100,0.5]",
+            "optim.batch_size=16",
+            "schedule.pretrain.epochs=7",
+        ]
+    )
+    assert list(cfg.seeds) == [0, 1]
+    assert list(cfg.labels) == [100, 0.5]
+    assert cfg.optim.batch_size == 16
+    assert cfg.schedule.pretrain.epochs == 7
+    assert cfg.schedule.finetune.epochs == 20  # from the suite file
+
+
+def test_scalar_given_to_list_key_becomes_a_list():
+    assert parse_overrides(["seeds=3", "methods=baseline"]) == ["seeds=[3]", "methods=[baseline]"]
+    assert list(load_config(["seeds=3"]).seeds) == [3]
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["suite=nope"], "unknown suite 'nope'; valid choices: digits, fashion_mnist"),
+        (["bogus=1"], "unknown key in the command line 'bogus'; valid choices: data, description"),
+        (["optim.momentun=0.5"], "'optim.momentun'; valid choices: optim.batch_size"),
+        (
+            ["schedule.pretrain.epoch=3"],
+            "valid choices: schedule.pretrain.epochs, schedule.pretrain.lr",
+        ),
+        (["optim.batch_size=big"], "bad value for key 'optim.batch_size'"),
+        (["seeds=[a]"], "bad value for key 'seeds[0]'"),
+        (["device=tpu"], "unknown value for device 'tpu'; valid choices: auto, cpu, cuda"),
+        (["launcher=moon"], "unknown value for launcher 'moon'; valid choices: inprocess"),
+        (["data.crop=20"], "data.crop (20) must not exceed data.resize (16)"),
+        (["nonsense"], "argument 'nonsense' is not of the form key=value"),
+    ],
+)
+def test_bad_config_names_the_value_and_the_choices(argv, expected):
+    with pytest.raises(UsageError) as error:
+        load_config(argv)
+    assert expected in str(error.value)
+
+
+def test_methods_all_and_unknown_method():
+    assert resolve_methods(["all"])[0] == "baseline"
+    with pytest.raises(UsageError, match="unknown method 'nope'; valid choices: baseline"):
+        resolve_methods(["nope"])
+
+
+def test_run_ids_are_stable_and_depend_on_what_changes_numbers():
+    first = make_plan(load_config(["seeds=[0,1]"]))
+    again = make_plan(load_config(["seeds=[0,1]"]))
+    assert [r.run_id for r in first] == [r.run_id for r in again]
+    assert len({r.run_id for r in first}) == len(first) == 4  # 2 budgets x 2 seeds
+    # execution-only keys keep the id; a schedule change makes a new run
+    same = make_plan(load_config(["seeds=[0,1]", "progress=false", "results=/elsewhere"]))
+    assert [r.run_id for r in same] == [r.run_id for r in first]
+    other = make_plan(load_config(["seeds=[0,1]", "schedule.pretrain.epochs=5"]))
+    assert not {r.run_id for r in other} & {r.run_id for r in first}
+
+
+def test_missing_stage_schedule_is_a_usage_error(tmp_path):
+    suite = tmp_path / "mine.yaml"
+    suite.write_text("schedule:\n  pretrain: {epochs: 1, lr: 0.1}\n")
+    with pytest.raises(UsageError, match="needs schedule.finetune"):
+        make_plan(load_config([f"suite={suite}"]))

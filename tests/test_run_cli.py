@@ -1,0 +1,169 @@
+"""End to end through ``python -m harness.run`` on real digits data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import FAST, REPO, run_cli, tree
+
+
+def metrics_of(results):
+    files = sorted(results.glob("digits/*/metrics.json"))
+    return {f.parent.name: json.loads(f.read_text()) for f in files}
+
+
+def test_default_suite_runs_end_to_end_and_a_rerun_does_nothing(results):
+    first = run_cli(*FAST, f"results={results}")
+    assert first.returncode == 0, first.stderr
+    assert "| baseline |" in first.stdout and "top-1 val" in first.stdout
+    (record,) = results.glob("digits/*/")
+    for name in (
+        "config.yaml",
+        "metrics.json",
+        "history.csv",
+        "predictions.npz",
+        "checkpoint.pt",
+        "stage-pretrain.pt",
+        "stage-finetune.pt",
+    ):
+        assert (record / name).is_file(), name
+    history = pd.read_csv(record / "history.csv")
+    assert history["stage"].tolist() == ["pretrain"] * 3 + ["finetune"]
+    metrics = json.loads((record / "metrics.json").read_text())
+    for key in (
+        "top1_train",
+        "top1_val",
+        "top5_train",
+        "top5_val",
+        "dense_top1_val",
+        "dense_top5_val",
+    ):
+        assert 0 <= metrics[key] <= 100
+    assert metrics["top1_val"] < 90  # learned something: chance is 90% error
+    before = tree(results)
+    second = run_cli(*FAST, f"results={results}")
+    assert second.returncode == 0, second.stderr
+    assert "1 runs planned, 1 already done" in second.stderr
+    assert tree(results) == before  # nothing rewritten
+    assert second.stdout == first.stdout
+
+
+def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
+    args = [
+        "schedule.pretrain.epochs=8",
+        "schedule.finetune.epochs=2",
+        "labels=[500]",
+        "progress=false",
+        "seeds=[0]",
+        "threads=1",
+    ]
+    reference = tmp_path / "reference"
+    assert run_cli(*args, f"results={reference}").returncode == 0
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "harness.run", *args, f"results={killed}"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    checkpoint = None
+    while time.monotonic() < deadline:  # wait for the checkpoint of pretrain epoch 3
+        found = list(killed.glob("digits/*/checkpoint.pt"))
+        if found:
+            try:
+                state = torch.load(found[0], weights_only=False)
+                if state["epoch"] >= 3:
+                    checkpoint = state
+                    break
+            except Exception:  # noqa: BLE001 - replaced while we read: try again
+                pass
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert checkpoint is not None, "run never reached epoch 3"
+    assert not list(killed.glob("digits/*/metrics.json")), "killed too late to test a resume"
+    resumed = run_cli(*args, f"results={killed}")
+    assert resumed.returncode == 0, resumed.stderr
+    ref, got = metrics_of(reference), metrics_of(killed)
+    assert ref.keys() == got.keys()
+    for run_id in ref:
+        ref[run_id].pop("seconds"), got[run_id].pop("seconds")
+        assert got[run_id] == ref[run_id]
+        a = pd.read_csv(reference / "digits" / run_id / "history.csv").drop(columns="seconds")
+        b = pd.read_csv(killed / "digits" / run_id / "history.csv").drop(columns="seconds")
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["suite=imagenet_nope"], "unknown suite 'imagenet_nope'; valid choices:"),
+        (["methods=[baseline,nope]"], "unknown method 'nope'; valid choices: baseline"),
+        (["data.name=cifar99"], "unknown dataset (data.name) 'cifar99'; valid choices:"),
+        (["model.name=resnet"], "unknown model (model.name) 'resnet'; valid choices:"),
+        (["optim.batch_size=abc"], "bad value for key 'optim.batch_size'"),
+        (["colour=blue"], "unknown key in the command line 'colour'"),
+        (["labels=[105]"], "label budget 105 cannot be split evenly over 10 classes"),
+        (["labels=[5000]"], "the largest valid budget is"),
+        (
+            ["suite=fashion_mnist", "data.path=/nonexistent/fmnist"],
+            "data.path '/nonexistent/fmnist'",
+        ),
+        (["suite=image_folder"], "dataset image_folder needs data.path"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, argv, message):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "keep.txt").write_text("untouched")
+    before = tree(results)
+    result = run_cli(*argv, f"results={results}", "progress=false")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert message in lines[0]
+    assert tree(results) == before
+
+
+def test_unreadable_image_in_a_folder_suite_exits_2(tmp_path):
+    from tests.test_data import write_digit_folder
+
+    root = write_digit_folder(tmp_path / "folder")
+    (root / "val" / "class2" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    result = run_cli("suite=image_folder", f"data.path={root}", f"results={tmp_path / 'r'}")
+    assert result.returncode == 2
+    assert "unreadable image" in result.stderr and "corrupt.jpg" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_image_folder_suite_trains_through_the_loader(tmp_path):
+    from tests.test_data import write_digit_folder
+
+    root = write_digit_folder(tmp_path / "folder", per_class=10)
+    result = run_cli(
+        "suite=image_folder",
+        f"data.path={root}",
+        "data.resize=16",
+        "data.crop=12",
+        "model.name=vgg_small_2",
+        "data.num_workers=1",
+        "labels=[15]",
+        "schedule.pretrain.epochs=2",
+        "schedule.finetune.epochs=1",
+        "progress=false",
+        f"results={tmp_path / 'r'}",
+    )
+    assert result.returncode == 0, result.stderr
+    (metrics_file,) = (tmp_path / "r").glob("image_folder/*/metrics.json")
+    metrics = json.loads(metrics_file.read_text())
+    assert metrics["labeled"] == 15 and metrics["unlabeled"] == 15
