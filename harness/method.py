@@ -6,8 +6,8 @@ A method provides:
 - ``build_model(encoder)``: the module it trains, built around the suite's
   encoder (the baseline returns it as is; decoding pathways add a decoder);
 - ``stages()``: its ordered training stages. Each names its schedule key in the
-  suite, which parameters train, whether it draws labeled and/or unlabeled
-  batches, and optionally another method's stage it starts from;
+  suite, which parameters train, and whether it draws labeled and/or
+  unlabeled batches;
 - ``loss(model, stage, batch)``: a dict of named scalar terms (each logged on
   its own); the trainer minimizes their sum.
 
@@ -40,7 +40,6 @@ class Stage:
     trains: str = "all"  # parameter group, resolved by Method.parameters
     labeled: bool = True  # draws labeled batches
     unlabeled: bool = False  # draws unlabeled batches; then an epoch is a pass over the pool
-    starts_from: tuple[str, str] | None = None  # (method, stage): begin from that run's weights
 
 
 @dataclass
