@@ -222,6 +222,18 @@ def _check_values(cfg: DictConfig) -> None:
     for key, value in positive.items():
         if value < 1:
             raise UsageError(f"{key} must be a positive integer, got {value}")
+    at_least_zero = {
+        "optim.momentum": cfg.optim.momentum,
+        "optim.weight_decay": cfg.optim.weight_decay,
+        "optim.grad_clip": cfg.optim.grad_clip,
+        "threads": cfg.threads,
+        "data.num_workers": cfg.data.num_workers,
+    }
+    for key, value in at_least_zero.items():
+        if value < 0:
+            raise UsageError(f"{key} must be >= 0, got {value}")
+    if not 0 <= cfg.model.dropout < 1:
+        raise UsageError(f"model.dropout must lie in [0, 1), got {cfg.model.dropout}")
     if cfg.data.crop > cfg.data.resize:
         raise UsageError(
             f"data.crop ({cfg.data.crop}) must not exceed data.resize ({cfg.data.resize})"

@@ -45,6 +45,8 @@ def test_scalar_given_to_list_key_becomes_a_list():
         (["launcher=moon"], "unknown value for launcher 'moon'; valid choices: inprocess"),
         (["data.crop=20"], "data.crop (20) must not exceed data.resize (16)"),
         (["nonsense"], "argument 'nonsense' is not of the form key=value"),
+        (["model.dropout=2"], "model.dropout must lie in [0, 1), got 2.0"),
+        (["optim.momentum=-0.1"], "optim.momentum must be >= 0, got -0.1"),
     ],
 )
 def test_bad_config_names_the_value_and_the_choices(argv, expected):
