@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -61,7 +62,6 @@ class OptimConfig:
 class EvalConfig:
     batch_size: int = 256
     every: int = 1  # evaluate val (single crop) every N epochs, for history.csv
-    topk: int = 5
 
 
 @dataclass
@@ -190,8 +190,12 @@ def load_config(argv: list[str]) -> DictConfig:
         raise _explain(error, f"suite file {path.name}") from None
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(rest))
+        OmegaConf.to_container(cfg, resolve=True)  # surfaces bad ${...} interpolations now
     except OmegaConfBaseException as error:
         raise _explain(error, "the command line") from None
+    except yaml.YAMLError as error:
+        first = str(error).splitlines()[0]
+        raise UsageError(f"an override is not valid YAML ({first}): {' '.join(rest)}") from None
     _check_values(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
@@ -217,7 +221,6 @@ def _check_values(cfg: DictConfig) -> None:
         "optim.unlabeled_batch_size": cfg.optim.unlabeled_batch_size,
         "eval.batch_size": cfg.eval.batch_size,
         "eval.every": cfg.eval.every,
-        "eval.topk": cfg.eval.topk,
     }
     for key, value in positive.items():
         if value < 1:
@@ -244,6 +247,8 @@ def _check_values(cfg: DictConfig) -> None:
         raise UsageError(f"seeds has a repeated value: {list(cfg.seeds)}")
     if not cfg.labels:
         raise UsageError("labels must list at least one label budget")
+    if not cfg.methods:
+        raise UsageError("methods must list at least one method (or `all`)")
     for name, stage in cfg.schedule.items():
         if stage.epochs < 0:
             raise UsageError(f"schedule.{name}.epochs must be >= 0, got {stage.epochs}")
@@ -264,4 +269,6 @@ def run_relevant(cfg: DictConfig, stage_names: list[str]) -> dict[str, Any]:
     for key in EXECUTION_DATA_KEYS:
         plain["data"].pop(key, None)
     plain["schedule"] = {name: plain["schedule"][name] for name in stage_names}
+    # device is an execution key, but CUDA runs use bf16 autocast: a different result
+    plain["amp"] = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     return plain

@@ -52,6 +52,9 @@ def run_id(payload: dict) -> str:
 
 def make_plan(cfg: DictConfig) -> list[RunSpec]:
     """Every run of the suite, in an order where dependencies come first."""
+    budgets = [budget_key(b) for b in cfg.labels]
+    if len(set(budgets)) != len(budgets):
+        raise UsageError(f"labels lists a budget twice: {budgets}")
     runs = []
     for name in resolve_methods(cfg.methods):
         stage_names = [stage.name for stage in get_method(name)(cfg).stages()]
@@ -63,9 +66,8 @@ def make_plan(cfg: DictConfig) -> list[RunSpec]:
                 f"{', '.join(cfg.schedule) or '(none)'}"
             )
         relevant = run_relevant(cfg, stage_names)
-        for budget in cfg.labels:
+        for labels in budgets:
             for seed in cfg.seeds:
-                labels = budget_key(budget)
                 payload = {
                     "suite": cfg.suite,
                     "method": name,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 
 from harness.config import load_config
@@ -26,6 +27,11 @@ from harness.report import error_table, read_runs
 def validate(argv: list[str]) -> tuple[DictConfig, list[RunSpec]]:
     """The config and plan for ``argv``; raises UsageError, writes nothing."""
     cfg = load_config(argv)
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("device=cuda but torch sees no CUDA device; valid here: cpu, auto")
+    results = Path(cfg.results)
+    if results.exists() and not results.is_dir():
+        raise UsageError(f"results={cfg.results!r} exists and is not a folder")
     plan = make_plan(cfg)
     dataset = load_dataset(cfg.data)
     build_encoder(cfg.model.name, dataset.channels, dataset.num_classes, cfg.data.crop)

@@ -40,15 +40,19 @@ def seed_everything(*parts: object) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> dict[str, Any]:
-    """Every global RNG state, for a checkpoint."""
+def rng_state(cuda: bool = False) -> dict[str, Any]:
+    """Every global RNG state in use, for a checkpoint.
+
+    The CUDA state is the current device's only, and only for runs on CUDA: a
+    resume may land on a node with a different number of GPUs.
+    """
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if cuda:
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -57,4 +61,4 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])

@@ -35,7 +35,8 @@ from harness.data import (
     load_or_store_split,
     normalize,
 )
-from harness.evaluate import error_rates, predict_topk
+from harness.errors import UsageError
+from harness.evaluate import TOPK, error_rates, predict_topk
 from harness.method import Batch, Method, Stage, get_method
 from harness.models import VGG, build_encoder
 from harness.plan import RunSpec
@@ -200,7 +201,7 @@ def evaluate_split(ctx: Context, classifier: VGG, part: str, dense: bool) -> np.
         dense=dense,
         crop=cfg.data.crop,
         resize=cfg.data.resize,
-        k=cfg.eval.topk,
+        k=TOPK,
         batch_size=cfg.eval.batch_size,
         mean=ctx.mean,
         std=ctx.std,
@@ -236,7 +237,7 @@ def _checkpoint(model, method, stage_index, epoch, optimizer, scheduler, history
         "method": method.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer else None,
         "scheduler": scheduler.state_dict() if scheduler else None,
-        "rng": rng_state(),
+        "rng": rng_state(cuda=next(model.parameters()).is_cuda),
         "history": history,
     }
 
@@ -251,7 +252,14 @@ def train_run(spec: RunSpec, cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     dataset = load_dataset(cfg.data)
     split = load_or_store_split(Path(cfg.results), dataset, spec.labels, spec.split_seed)
-    if not record.config_file.exists():
+    if record.config_file.exists():
+        recorded = record.read_config().get("split_hash")
+        if recorded != split.content_hash:
+            raise UsageError(
+                f"run {spec.run_id} was started on split {recorded}, but the split is now "
+                f"{split.content_hash} (did the data change?); refusing to resume on other images"
+            )
+    else:
         record.write_config(
             {
                 "run": spec.__dict__ | {"depends_on": list(spec.depends_on)},
@@ -284,6 +292,8 @@ def train_run(spec: RunSpec, cfg: DictConfig) -> dict[str, Any]:
         method.load_state_dict(checkpoint["method"])
         history = checkpoint["history"]
         start_stage, start_epoch = checkpoint["stage_index"], checkpoint["epoch"]
+        # killed between checkpoint and CSV: the CSV may lack the last row
+        record.write_history(history)
     started = time.perf_counter()
     stages = method.stages()
     for index, stage in enumerate(stages):

@@ -47,6 +47,9 @@ def test_scalar_given_to_list_key_becomes_a_list():
         (["nonsense"], "argument 'nonsense' is not of the form key=value"),
         (["model.dropout=2"], "model.dropout must lie in [0, 1), got 2.0"),
         (["optim.momentum=-0.1"], "optim.momentum must be >= 0, got -0.1"),
+        (["labels=[1,"], "an override is not valid YAML"),
+        (["description=${oops}"], "bad value for key 'description'"),
+        (["methods=[]"], "methods must list at least one method"),
     ],
 )
 def test_bad_config_names_the_value_and_the_choices(argv, expected):

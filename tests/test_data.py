@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from harness.data import augment_batch, center_crop, load_dataset
+from harness.data import augment_batch, center_crop, cycled_batches, load_batches, load_dataset
 from harness.data.datasets import read_idx
 from harness.errors import UsageError
 from tests.conftest import FASHION_MNIST, needs_fashion_mnist
@@ -107,3 +107,13 @@ def test_augment_batch_takes_windows_of_the_original():
     for b in range(2):
         assert torch.equal(flipped[b], images[b]) or torch.equal(flipped[b], images[b].flip(-1))
     assert torch.equal(center_crop(images, 4), images[..., 1:5, 1:5])
+
+
+def test_folder_batches_accept_an_endless_batch_stream(tmp_path):
+    # stages using the pool cycle the labeled subset: the batch stream never ends
+    root = write_digit_folder(tmp_path / "folder")
+    data = load_dataset(data_cfg("image_folder", root, 12))
+    stream = load_batches(data.train, cycled_batches(np.arange(len(data.train)), 4, 0), 12)
+    for _ in range(6):  # more than one pass over the 18 images
+        x, y = next(stream)
+        assert x.shape == (4, 3, 12, 12) and y.shape == (4,)

@@ -57,6 +57,16 @@ def test_default_suite_runs_end_to_end_and_a_rerun_does_nothing(results):
     assert second.stdout == first.stdout
 
 
+def test_resume_restores_history_rows_lost_between_checkpoint_and_csv(results):
+    assert run_cli(*FAST, f"results={results}").returncode == 0
+    (record,) = results.glob("digits/*/")
+    full = (record / "history.csv").read_text()
+    (record / "metrics.json").unlink()  # as if killed after the checkpoint, before the CSV
+    (record / "history.csv").write_text("".join(full.splitlines(keepends=True)[:-1]))
+    assert run_cli(*FAST, f"results={results}").returncode == 0
+    assert (record / "history.csv").read_text() == full
+
+
 def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
     args = [
         "schedule.pretrain.epochs=8",
@@ -120,6 +130,8 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
             "data.path '/nonexistent/fmnist'",
         ),
         (["suite=image_folder"], "dataset image_folder needs data.path"),
+        (["labels=[nan]"], "label budget nan must be a count (int) or a fraction"),
+        (["labels=[100,100]"], "labels lists a budget twice"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, argv, message):

@@ -79,7 +79,8 @@ def load_batches(
     assert images.files is not None
     loader = DataLoader(
         _FolderItems(images.files, images.targets, resize),
-        batch_sampler=[list(map(int, b)) for b in batches],
+        # lazy: ``batches`` may be endless (cycled labeled batches)
+        batch_sampler=(list(map(int, b)) for b in batches),
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=False,

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +51,7 @@ def budget_key(budget: object) -> str:
         raise UsageError(f"label budget {budget!r} must be a count (int) or a fraction in (0, 1]")
     if isinstance(budget, int):
         return str(budget)
-    if isinstance(budget, float):
+    if isinstance(budget, float) and math.isfinite(budget):
         return repr(budget)
     if isinstance(budget, str):
         try:
@@ -131,7 +133,9 @@ def load_or_store_split(
         with np.load(path) as stored:
             labeled = stored["labeled"]
             meta = json.loads(str(stored["meta"]))
-    except (OSError, ValueError, KeyError) as error:
+        if not isinstance(meta, dict):
+            raise ValueError("its metadata is not a mapping")
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
         raise UsageError(
             f"stored split {str(path)!r} is unreadable ({error}); "
             "delete it only if no run depends on it"
