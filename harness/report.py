@@ -44,7 +44,6 @@ def read_runs(suite_dir: Path) -> pd.DataFrame:
 def error_table(runs: pd.DataFrame, methods: list[str]) -> str:
     """Markdown: method rows per label budget, mean ± std over seeds of each error (%)."""
     done = runs[runs["status"] == "done"] if len(runs) else runs
-    lines = []
     header = ["labels", "method", "seeds"] + [title for _, title in ERROR_COLUMNS]
     table = []
     for labels in sorted(done["labels"].unique(), key=float) if len(done) else []:
@@ -58,5 +57,4 @@ def error_table(runs: pd.DataFrame, methods: list[str]) -> str:
                 std = values.std(ddof=1) if len(values) > 1 else 0.0
                 cells.append(f"{values.mean():.2f} ± {std:.2f}")
             table.append(cells)
-    lines.append(pd.DataFrame(table, columns=header).to_markdown(index=False))
-    return "\n".join(lines)
+    return pd.DataFrame(table, columns=header).to_markdown(index=False)

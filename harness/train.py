@@ -303,7 +303,7 @@ def train_run(spec: RunSpec, cfg: DictConfig) -> dict[str, Any]:
         _run_stage(ctx, record, model, method, index, stage, resume, history)
         atomic_torch_save(model.state_dict(), record.stage_file(stage.name))
         record.save_checkpoint(_checkpoint(model, method, index + 1, 0, None, None, history))
-    metrics = final_metrics(ctx, encoder, record)
+    metrics = final_metrics(ctx, _classifier(model), record)
     metrics |= {
         "seconds": round(time.perf_counter() - started, 3),
         "labeled": int(len(split.labeled)),
