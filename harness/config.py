@@ -39,12 +39,37 @@ class DataConfig:
 class ModelConfig:
     name: str = "vgg_small_2"  # a registered architecture (harness.models.ARCHITECTURES)
     dropout: float = 0.5  # in the fc layers, as in VGG
+    # step 1 of the paper's procedure from a checkpoint: a torchvision-format state_dict
+    # file loaded into the classifier instead of training stage `pretrain` ("" = train it)
+    pretrained: str = ""
 
 
 @dataclass
 class StageSchedule:
     epochs: int = 1
     lr: float = 0.01
+    # steps per epoch; 0 = one pass over the stage's data (the pool, for stages that use it)
+    steps: int = 0
+
+
+# Reference weights (VGG-16, ImageNet) of the reconstruction losses, by level:
+# [image, pool1, pool2, pool3, pool4]; pool5 is the decoder's input.
+VGG16_RECON_WEIGHTS = [1e-4, 1e-12, 1e-12, 1e-12, 1e-10]
+
+
+@dataclass
+class DecodingConfig:
+    """Settings of the decoding-pathway methods (methods/decoding.py).
+
+    A reconstruction term is ``weight * sum((x_hat - x)^2) / (2 * batch)`` (Caffe's
+    EuclideanLoss). The image target is the input in the reference's units,
+    (pixel - mean) / 255, i.e. the normalized input times the dataset's std;
+    a pool target is the encoder's own pooled activation. One weight per level,
+    image first, so the list is as long as the encoder has macro-layers.
+    """
+
+    weights: list[float] = field(default_factory=lambda: list(VGG16_RECON_WEIGHTS))
+    samples: int = 8  # val images (with reconstructions) drawn into samples.png
 
 
 @dataclass
@@ -79,6 +104,7 @@ class SuiteConfig:
     # stage name -> length and learning rate; which stages exist is the method's choice
     schedule: dict[str, StageSchedule] = field(default_factory=dict)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
     device: str = "cpu"  # cpu | cuda | auto; cuda turns on AMP and channels_last
     threads: int = 0  # torch intra-op threads on CPU; 0 keeps torch's default
     launcher: str = "inprocess"
@@ -100,6 +126,8 @@ EXECUTION_KEYS = (
     "progress",
 )
 EXECUTION_DATA_KEYS = ("num_workers",)
+# Sections that only some methods read: in a run id only if its method declares them.
+METHOD_SECTIONS = ("decoding",)
 
 _LIST_KEYS = ("methods", "labels", "seeds")
 
@@ -254,13 +282,24 @@ def _check_values(cfg: DictConfig) -> None:
             raise UsageError(f"schedule.{name}.epochs must be >= 0, got {stage.epochs}")
         if stage.lr <= 0:
             raise UsageError(f"schedule.{name}.lr must be > 0, got {stage.lr}")
+        if stage.steps < 0:
+            raise UsageError(f"schedule.{name}.steps must be >= 0, got {stage.steps}")
+    if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():
+        raise UsageError(f"model.pretrained={cfg.model.pretrained!r} is not a file")
+    if any(not w >= 0 for w in cfg.decoding.weights):  # `not >=` also catches nan
+        raise UsageError(f"decoding.weights must all be >= 0, got {list(cfg.decoding.weights)}")
+    if cfg.decoding.samples < 0:
+        raise UsageError(f"decoding.samples must be >= 0, got {cfg.decoding.samples}")
 
 
-def run_relevant(cfg: DictConfig, stage_names: list[str]) -> dict[str, Any]:
+def run_relevant(
+    cfg: DictConfig, stage_names: list[str], sections: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """The part of the config that decides one run's numbers (what its id hashes).
 
-    Only the schedule of the run's own stages counts, so lengthening a decoder
-    stage does not re-run the baseline.
+    Only the schedule of the run's own stages and the method sections its
+    method reads (``sections``) count, so changing a decoder stage or weight
+    does not re-run the baseline.
     """
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)
@@ -269,6 +308,9 @@ def run_relevant(cfg: DictConfig, stage_names: list[str]) -> dict[str, Any]:
     for key in EXECUTION_DATA_KEYS:
         plain["data"].pop(key, None)
     plain["schedule"] = {name: plain["schedule"][name] for name in stage_names}
+    for key in METHOD_SECTIONS:
+        if key not in sections:
+            plain.pop(key)
     # device is an execution key, but CUDA runs use bf16 autocast: a different result
     plain["amp"] = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     return plain

@@ -3,28 +3,34 @@
 A method says *what* is trained; the trainer (``harness.train``) says *how*.
 A method provides:
 
-- ``build_model(encoder)``: the module it trains, built around the suite's
-  encoder (the baseline returns it as is; decoding pathways add a decoder);
+- ``build_model(encoder, dataset)``: the module it trains, built around the
+  suite's encoder (the baseline returns it as is; decoding pathways add a
+  decoder); ``dataset`` gives the channels, classes and normalization;
 - ``stages()``: its ordered training stages. Each names its schedule key in the
-  suite, which parameters train, and whether it draws labeled and/or
-  unlabeled batches;
+  suite, which parameters train, whether it draws labeled and/or unlabeled
+  batches, and whether it is taken from another run instead of trained
+  (``starts_from``: the same stage of that method's run on the same split and
+  seed; the plan runs that run first);
 - ``loss(model, stage, batch)``: a dict of named scalar terms (each logged on
   its own); the trainer minimizes their sum.
 
 Optional hooks keep room for the classic SSL methods without touching the
-trainer: ``views`` (how many augmented views of each unlabeled image a batch
-carries: two for FixMatch's weak/strong pair), ``after_step`` (a Mean Teacher
-EMA update), and ``state_dict``/``load_state_dict`` (state kept beside the
-model, saved in every checkpoint). Pseudo-Label makes its targets inside
+trainer: ``config_sections`` (suite sections the method reads, such as
+``decoding``; they enter its run ids and no other method's), ``val_report``
+(extra numbers on val, and pictures, for ``metrics.json``), ``views`` (how
+many augmented views of each unlabeled image a batch carries: two for
+FixMatch's weak/strong pair), ``after_step`` (a Mean Teacher EMA update), and
+``state_dict``/``load_state_dict`` (state kept beside the model, saved in every
+checkpoint). Pseudo-Label makes its targets inside
 ``loss``; Ladder's noisy and clean passes are two forward calls there.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from omegaconf import DictConfig
@@ -33,6 +39,11 @@ from torch import nn
 from harness.errors import unknown
 from harness.models import VGG
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from harness.data import Dataset
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -40,6 +51,12 @@ class Stage:
     trains: str = "all"  # parameter group, resolved by Method.parameters
     labeled: bool = True  # draws labeled batches
     unlabeled: bool = False  # draws unlabeled batches; then an epoch is a pass over the pool
+    # step 1 of the paper's procedure: with `model.pretrained` set, this stage loads
+    # that checkpoint into the classifier instead of training
+    initializes: bool = False
+    # a method whose run (same suite, split and seed) trains this stage; its weights
+    # at the end of the stage are copied into the classifier, not retrained
+    starts_from: str | None = None
 
 
 @dataclass
@@ -56,11 +73,12 @@ class Method:
 
     name: ClassVar[str] = ""
     views: ClassVar[int] = 1  # augmented views drawn of each unlabeled image
+    config_sections: ClassVar[tuple[str, ...]] = ()  # suite sections it reads (run-id input)
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
 
-    def build_model(self, encoder: VGG) -> nn.Module:
+    def build_model(self, encoder: VGG, dataset: Dataset) -> nn.Module:
         return encoder
 
     def stages(self) -> list[Stage]:
@@ -76,6 +94,13 @@ class Method:
 
     def after_step(self, model: nn.Module, stage: Stage) -> None:
         """Called after every optimizer step (e.g. an EMA teacher update)."""
+
+    def val_report(
+        self, model: nn.Module, val_batches: Iterable[torch.Tensor], folder: Path
+    ) -> dict[str, float]:
+        """Extra numbers for ``metrics.json`` from normalized center-cropped val
+        batches, and any pictures written into the run ``folder``."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         return {}

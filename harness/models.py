@@ -1,12 +1,14 @@
-"""VGG-style encoders made of macro-layers, with a classifier head.
+"""Encoders made of macro-layers, with a classifier head: VGG and AlexNet.
 
-A macro-layer is a run of 3x3 pad-1 convs, each followed by ReLU, then a 2x2
-max-pool. The module layout mirrors torchvision's VGG exactly (``features`` and
-``classifier`` as Sequentials with the same indices), so a torchvision VGG-16
-``state_dict`` loads with ``load_state_dict`` unchanged. ``encode`` exposes what
-decoders need (each macro-layer's pooled output, its max-pool switches and its
-pre-pool size); ``dense_logits`` runs the fc layers as convolutions over a
-larger image for the paper's dense evaluation.
+A macro-layer is a run of convs, each followed by ReLU, then a max-pool (VGG:
+3x3 pad-1 convs and 2x2 pools; AlexNet: strided 11x11 and 5x5 convs and
+overlapping 3x3 stride-2 pools, LRN removed as in the paper's reference). The
+module layouts mirror torchvision's exactly (``features`` and ``classifier``
+Sequentials with the same indices), so a torchvision ``state_dict`` loads
+unchanged. ``macro_specs`` describes the macro-layers for decoders to mirror;
+``encode`` exposes what they need (each pooled output, its max-pool switches,
+the sizes before each pool and at each macro-layer's input); ``dense_logits``
+runs the fc layers as convolutions over a larger image for dense evaluation.
 """
 
 from __future__ import annotations
@@ -37,6 +39,29 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
+@dataclass(frozen=True)
+class ConvSpec:
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int
+    padding: int
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    kernel: int
+    stride: int
+
+
+@dataclass(frozen=True)
+class MacroSpec:
+    """One macro-layer: its convs (each followed by ReLU), then a max-pool."""
+
+    convs: tuple[ConvSpec, ...]
+    pool: PoolSpec
+
+
 @dataclass
 class Encoding:
     """What one encoder pass exposes to decoders, one entry per macro-layer."""
@@ -44,6 +69,46 @@ class Encoding:
     pooled: list[torch.Tensor]  # pool_l outputs
     switches: list[torch.Tensor | None]  # max-pool argmax indices (None unless asked for)
     sizes: list[torch.Size]  # spatial size before each pool (to undo floor division)
+    inputs: list[torch.Size]  # spatial size at each macro-layer's input (to undo strides)
+
+
+def _macro_specs(features: nn.Sequential) -> list[MacroSpec]:
+    specs, convs = [], []
+    for module in features:
+        if isinstance(module, nn.Conv2d):
+            convs.append(
+                ConvSpec(
+                    module.in_channels,
+                    module.out_channels,
+                    module.kernel_size[0],
+                    module.stride[0],
+                    module.padding[0],
+                )
+            )
+        elif isinstance(module, nn.MaxPool2d):
+            specs.append(MacroSpec(tuple(convs), PoolSpec(module.kernel_size, module.stride)))
+            convs = []
+    return specs
+
+
+def _encode(features: nn.Sequential, x: torch.Tensor, switches: bool) -> Encoding:
+    out = Encoding([], [], [], [x.shape[-2:]])
+    for module in features:
+        if isinstance(module, nn.MaxPool2d):
+            out.sizes.append(x.shape[-2:])
+            kernel, stride = module.kernel_size, module.stride
+            if switches:
+                x, index = F.max_pool2d(x, kernel, stride, return_indices=True)
+                out.switches.append(index)
+            else:
+                x = F.max_pool2d(x, kernel, stride)
+                out.switches.append(None)
+            out.pooled.append(x)
+            out.inputs.append(x.shape[-2:])
+        else:
+            x = module(x)
+    out.inputs.pop()  # the last pool's output feeds no macro-layer
+    return out
 
 
 class VGG(nn.Module):
@@ -103,21 +168,11 @@ class VGG(nn.Module):
                 groups.append([])
         return groups[:-1]
 
+    def macro_specs(self) -> list[MacroSpec]:
+        return _macro_specs(self.features)
+
     def encode(self, x: torch.Tensor, switches: bool = False) -> Encoding:
-        out = Encoding([], [], [])
-        for module in self.features:
-            if isinstance(module, nn.MaxPool2d):
-                out.sizes.append(x.shape[-2:])
-                if switches:
-                    x, index = F.max_pool2d(x, 2, 2, return_indices=True)
-                    out.switches.append(index)
-                else:
-                    x = F.max_pool2d(x, 2, 2)
-                    out.switches.append(None)
-                out.pooled.append(x)
-            else:
-                x = module(x)
-        return out
+        return _encode(self.features, x, switches)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classify(self.features(x))
@@ -146,6 +201,57 @@ class VGG(nn.Module):
             if i < len(linears) - 1:
                 x = F.relu(x)  # dropout is the identity in eval mode
         return x
+
+
+class AlexNet(nn.Module):
+    """torchvision's AlexNet layout (the paper's second inverted network), LRN-free.
+
+    Three macro-layers: conv1 (11x11 stride 4) + pool1, conv2 (5x5) + pool2,
+    conv3-5 + pool5, all pools 3x3 stride 2 (overlapping). The classifier sees
+    pool5 through torchvision's 6x6 adaptive average pool, so at 224 px (pool5
+    6x6) fc6 reads pool5 exactly.
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 1000, dropout: float = 0.5):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 64, 11, stride=4, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2),
+            nn.Conv2d(64, 192, 5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2),
+            nn.Conv2d(192, 384, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        self.classifier = nn.Sequential(
+            nn.Dropout(dropout),
+            nn.Linear(256 * 6 * 6, 4096),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(4096, 4096),
+            nn.ReLU(inplace=True),
+            nn.Linear(4096, num_classes),
+        )
+        self.head_size = 6
+
+    def macro_specs(self) -> list[MacroSpec]:
+        return _macro_specs(self.features)
+
+    def encode(self, x: torch.Tensor, switches: bool = False) -> Encoding:
+        return _encode(self.features, x, switches)
+
+    def classify(self, pooled_top: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(pooled_top), 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.features(x))
 
 
 def build_encoder(

@@ -27,7 +27,13 @@ class RunSpec:
     split_seed: int
     train_seed: int
     run_id: str
-    depends_on: tuple[str, ...] = ()  # run ids that must finish first
+    # (stage name, run id): stages copied from another run's `stage-<name>.pt`
+    reuses: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def depends_on(self) -> tuple[str, ...]:
+        """Run ids that must be done before this run starts."""
+        return tuple(dict.fromkeys(run for _, run in self.reuses))
 
     def describe(self) -> str:
         return f"{self.method} labels={self.labels} seed={self.train_seed}"
@@ -50,31 +56,69 @@ def run_id(payload: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def _run_spec(
+    cfg: DictConfig, name: str, labels: str, seed: int, known: dict[str, RunSpec]
+) -> RunSpec:
+    """The run of method ``name``; the runs it starts from are added to ``known``."""
+    method = get_method(name)(cfg)
+    stages = method.stages()
+    stage_names = [stage.name for stage in stages]
+    missing = [s for s in stage_names if s not in cfg.schedule]
+    if missing:
+        raise UsageError(
+            f"method {name!r} needs schedule.{missing[0]}.epochs/lr in suite "
+            f"{cfg.suite!r}; the suite's schedule has: "
+            f"{', '.join(cfg.schedule) or '(none)'}"
+        )
+    reuses = []
+    for stage in stages:
+        if stage.starts_from is None or (stage.initializes and cfg.model.pretrained):
+            continue
+        source = _run_spec(cfg, stage.starts_from, labels, seed, known)
+        if stage.name not in [s.name for s in get_method(source.method)(cfg).stages()]:
+            raise ValueError(
+                f"{name}: stage {stage.name!r} starts from {source.method!r}, "
+                "which has no such stage"
+            )
+        reuses.append((stage.name, source.run_id))
+    payload = {
+        "suite": cfg.suite,
+        "method": name,
+        "labels": labels,
+        "split_seed": seed,
+        "train_seed": seed,
+        "reuses": reuses,
+        "config": run_relevant(cfg, stage_names, method.config_sections),
+    }
+    spec = RunSpec(cfg.suite, name, labels, seed, seed, run_id(payload), tuple(reuses))
+    known[spec.run_id] = spec
+    return spec
+
+
 def make_plan(cfg: DictConfig) -> list[RunSpec]:
-    """Every run of the suite, in an order where dependencies come first."""
+    """Every run of the suite, each after the runs it depends on.
+
+    A method whose stage starts from another method's run (the decoding
+    pathways start from the baseline's ``pretrain``) pulls that run into the
+    plan even when its method was not asked for.
+    """
     budgets = [budget_key(b) for b in cfg.labels]
     if len(set(budgets)) != len(budgets):
         raise UsageError(f"labels lists a budget twice: {budgets}")
-    runs = []
-    for name in resolve_methods(cfg.methods):
-        stage_names = [stage.name for stage in get_method(name)(cfg).stages()]
-        missing = [s for s in stage_names if s not in cfg.schedule]
-        if missing:
-            raise UsageError(
-                f"method {name!r} needs schedule.{missing[0]}.epochs/lr in suite "
-                f"{cfg.suite!r}; the suite's schedule has: "
-                f"{', '.join(cfg.schedule) or '(none)'}"
-            )
-        relevant = run_relevant(cfg, stage_names)
-        for labels in budgets:
-            for seed in cfg.seeds:
-                payload = {
-                    "suite": cfg.suite,
-                    "method": name,
-                    "labels": labels,
-                    "split_seed": seed,
-                    "train_seed": seed,
-                    "config": relevant,
-                }
-                runs.append(RunSpec(cfg.suite, name, labels, seed, seed, run_id(payload)))
-    return runs
+    known: dict[str, RunSpec] = {}
+    asked = [
+        _run_spec(cfg, name, labels, seed, known)
+        for name in resolve_methods(cfg.methods)
+        for labels in budgets
+        for seed in cfg.seeds
+    ]
+    plan: dict[str, RunSpec] = {}
+
+    def place(spec: RunSpec) -> None:
+        for source in spec.depends_on:
+            place(known[source])
+        plan.setdefault(spec.run_id, spec)
+
+    for spec in asked:
+        place(spec)
+    return list(plan.values())

@@ -19,6 +19,7 @@ from harness.config import load_config
 from harness.data import load_dataset, load_or_store_split
 from harness.errors import UsageError
 from harness.launchers import LAUNCHERS
+from harness.method import get_method
 from harness.models import build_encoder
 from harness.plan import RunSpec, make_plan
 from harness.report import error_table, read_runs
@@ -34,7 +35,11 @@ def validate(argv: list[str]) -> tuple[DictConfig, list[RunSpec]]:
         raise UsageError(f"results={cfg.results!r} exists and is not a folder")
     plan = make_plan(cfg)
     dataset = load_dataset(cfg.data)
-    build_encoder(cfg.model.name, dataset.channels, dataset.num_classes, cfg.data.crop)
+    for name in dict.fromkeys(spec.method for spec in plan):  # a method may reject the model
+        encoder = build_encoder(
+            cfg.model.name, dataset.channels, dataset.num_classes, cfg.data.crop
+        )
+        get_method(name)(cfg).build_model(encoder, dataset)
     for spec in plan:
         load_or_store_split(Path(cfg.results), dataset, spec.labels, spec.split_seed, store=False)
     return cfg, plan

@@ -11,6 +11,7 @@ killed at any moment and started again therefore ends bit-identical on CPU.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from harness.data import (
     Dataset,
     Split,
     augment_batch,
+    center_crop,
     cycled_batches,
     epoch_batches,
     load_batches,
@@ -81,9 +83,27 @@ class Context:
 
 
 def steps_per_epoch(ctx: Context, stage: Stage) -> int:
+    """``schedule.<stage>.steps`` if set, else one pass over the stage's data (the pool,
+    for stages that use it). A set ``steps`` makes stages of different methods equally
+    long: the baseline's labeled-only fine-tune as long as the decoders' joint one."""
+    steps = ctx.cfg.schedule[stage.name].steps
+    if steps > 0:
+        return steps
     if stage.unlabeled:
         return math.ceil(len(ctx.split.unlabeled) / ctx.cfg.optim.unlabeled_batch_size)
     return math.ceil(len(ctx.split.labeled) / ctx.cfg.optim.batch_size)
+
+
+def _epoch_indices(
+    ctx: Context, indices: np.ndarray, batch_size: int, stage: Stage, epoch: int
+) -> list[np.ndarray] | Iterator[np.ndarray]:
+    """An epoch's batches of ``indices``: a shuffled pass, or exactly ``steps`` batches
+    cycled over fresh permutations when the stage sets ``steps``."""
+    seed = ctx.spec.train_seed
+    steps = ctx.cfg.schedule[stage.name].steps
+    if steps > 0:
+        return itertools.islice(cycled_batches(indices, batch_size, seed, stage.name, epoch), steps)
+    return epoch_batches(indices, batch_size, seed, stage.name, epoch)
 
 
 def stage_batches(ctx: Context, method: Method, stage: Stage, epoch: int) -> Iterator[Batch]:
@@ -97,18 +117,16 @@ def stage_batches(ctx: Context, method: Method, stage: Stage, epoch: int) -> Ite
     train, cfg = ctx.dataset.train, ctx.cfg
     pin = ctx.cuda
     if not stage.unlabeled:
-        batches = epoch_batches(ctx.split.labeled, cfg.optim.batch_size, seed, stage.name, epoch)
+        batches = _epoch_indices(ctx, ctx.split.labeled, cfg.optim.batch_size, stage, epoch)
         for x, y in load_batches(train, batches, cfg.data.resize, cfg.data.num_workers, pin):
             yield Batch(x=ctx.prepare(x, generator), y=y.to(ctx.device, non_blocking=True))
         return
-    pool = epoch_batches(
-        ctx.split.unlabeled, cfg.optim.unlabeled_batch_size, seed, stage.name, epoch
-    )
+    pool = _epoch_indices(ctx, ctx.split.unlabeled, cfg.optim.unlabeled_batch_size, stage, epoch)
     labeled = None
     if stage.labeled:
         labeled = load_batches(
             train,
-            cycled_batches(ctx.split.labeled, cfg.optim.batch_size, seed, stage.name, epoch),
+            cycled_batches(ctx.split.labeled, cfg.optim.batch_size, seed, stage.name, epoch, "x"),
             cfg.data.resize,
             cfg.data.num_workers,
             pin,
@@ -262,7 +280,7 @@ def train_run(spec: RunSpec, cfg: DictConfig) -> dict[str, Any]:
     else:
         record.write_config(
             {
-                "run": spec.__dict__ | {"depends_on": list(spec.depends_on)},
+                "run": spec.__dict__ | {"reuses": [list(pair) for pair in spec.reuses]},
                 "split_hash": split.content_hash,
                 "config": OmegaConf.to_container(cfg, resolve=True),
             }
@@ -281,7 +299,7 @@ def train_run(spec: RunSpec, cfg: DictConfig) -> dict[str, Any]:
     encoder = build_encoder(
         cfg.model.name, dataset.channels, dataset.num_classes, cfg.data.crop, cfg.model.dropout
     )
-    model = method.build_model(encoder).to(device)
+    model = method.build_model(encoder, dataset).to(device)
     if ctx.cuda:
         model = model.to(memory_format=torch.channels_last)
     checkpoint = record.load_checkpoint()
@@ -299,11 +317,16 @@ def train_run(spec: RunSpec, cfg: DictConfig) -> dict[str, Any]:
     for index, stage in enumerate(stages):
         if index < start_stage:
             continue
-        resume = checkpoint if index == start_stage and start_epoch > 0 else None
-        _run_stage(ctx, record, model, method, index, stage, resume, history)
+        source = _stage_source(ctx, stage)
+        if source is not None:
+            _classifier(model).load_state_dict(torch.load(source, map_location=device))
+        else:
+            resume = checkpoint if index == start_stage and start_epoch > 0 else None
+            _run_stage(ctx, record, model, method, index, stage, resume, history)
         atomic_torch_save(model.state_dict(), record.stage_file(stage.name))
         record.save_checkpoint(_checkpoint(model, method, index + 1, 0, None, None, history))
     metrics = final_metrics(ctx, _classifier(model), record)
+    metrics |= method.val_report(model, val_crops(ctx), record.path)
     metrics |= {
         "seconds": round(time.perf_counter() - started, 3),
         "labeled": int(len(split.labeled)),
@@ -313,6 +336,35 @@ def train_run(spec: RunSpec, cfg: DictConfig) -> dict[str, Any]:
     }
     record.write_metrics(metrics)
     return metrics
+
+
+def _stage_source(ctx: Context, stage: Stage) -> Path | None:
+    """The weights file a stage is taken from instead of trained, if any.
+
+    ``model.pretrained`` for the stage that initializes the classifier (step 1),
+    else the same stage of the run named in ``spec.reuses`` (which the plan ran first).
+    """
+    if stage.initializes and ctx.cfg.model.pretrained:
+        return Path(ctx.cfg.model.pretrained)
+    source_id = dict(ctx.spec.reuses).get(stage.name)
+    if source_id is None:
+        return None
+    path = run_record(ctx.cfg.results, ctx.spec.suite, source_id).stage_file(stage.name)
+    if not path.is_file():
+        raise UsageError(
+            f"run {ctx.spec.run_id} ({ctx.spec.describe()}) starts stage {stage.name!r} from "
+            f"run {source_id}, which has not finished it ({path} is missing)"
+        )
+    return path
+
+
+def val_crops(ctx: Context) -> Iterator[torch.Tensor]:
+    """The val set as normalized center crops, in eval-sized batches, on the device."""
+    cfg = ctx.cfg
+    batches = epoch_batches(np.arange(len(ctx.dataset.val)), cfg.eval.batch_size, shuffle=False)
+    for x, _ in load_batches(ctx.dataset.val, batches, cfg.data.resize, cfg.data.num_workers):
+        x = normalize(center_crop(x.to(ctx.device), cfg.data.crop), ctx.mean, ctx.std)
+        yield x.contiguous(memory_format=torch.channels_last) if ctx.cuda else x
 
 
 def _run_stage(
@@ -340,6 +392,8 @@ def _run_stage(
         set_rng_state(resume["rng"])
         first_epoch = resume["epoch"]
     classifier = _classifier(model)
+    # a stage that trains only other parts (a decoder) cannot change val error
+    classifier_trains = any(p.requires_grad for p in classifier.parameters())
     bar = tqdm(
         total=per_epoch * schedule.epochs,
         initial=per_epoch * first_epoch,
@@ -369,7 +423,7 @@ def _run_stage(
         row: dict[str, Any] = {"stage": stage.name, "epoch": epoch + 1, "lr": lr}
         row |= {f"loss_{key}": value for key, value in terms.items()}
         last = epoch + 1 == schedule.epochs
-        if (epoch + 1) % cfg.eval.every == 0 or last:
+        if classifier_trains and ((epoch + 1) % cfg.eval.every == 0 or last):
             top1, top5 = error_rates(
                 evaluate_split(ctx, classifier, "val", dense=False), ctx.dataset.val.targets
             )
