@@ -1,0 +1,128 @@
+"""Unpooling and mirrored decoders (harness.decoders)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.decoders import Decoder, FcDecoder, MacroDecoder, unpool_fixed, unpool_switches
+from harness.models import AlexNet, PoolSpec, build_encoder
+
+
+@pytest.mark.parametrize("size", [(8, 8), (7, 9), (5, 5)])
+def test_swwae_unpool_puts_each_value_back_at_its_argmax(size):
+    x = torch.randn(2, 3, *size)
+    pooled, switches = F.max_pool2d(x, 2, 2, return_indices=True)
+    out = unpool_switches(pooled, switches, PoolSpec(2, 2), x.shape[-2:])
+    assert out.shape == x.shape  # odd sizes come back whole
+    assert torch.equal(out.flatten(2).gather(2, switches.flatten(2)), pooled.flatten(2))
+    assert int((out != 0).sum()) == pooled.numel()  # zeros everywhere else
+    # pooling the unpooled map again gives the pooled map (the switches are exact)
+    assert torch.equal(F.max_pool2d(out.abs(), 2, 2), pooled.abs())
+
+
+@pytest.mark.parametrize("size", [(8, 8), (7, 9), (5, 5)])
+def test_sae_unpool_puts_each_value_at_offset_one_one(size):
+    x = torch.randn(2, 3, *size)
+    pooled = F.max_pool2d(x, 2, 2)
+    out = unpool_fixed(pooled, PoolSpec(2, 2), x.shape[-2:])
+    assert out.shape == x.shape
+    h, w = pooled.shape[-2:]
+    assert torch.equal(out[..., 1 : 2 * h : 2, 1 : 2 * w : 2], pooled)
+    assert int((out != 0).sum()) == int((pooled != 0).sum())
+
+
+def test_overlapping_switches_average_where_windows_share_a_position():
+    x = torch.zeros(1, 1, 5, 5)
+    x[0, 0, 2, 2] = 1.0  # the max of all four overlapping 3x3 stride-2 windows
+    pooled, switches = F.max_pool2d(x, 3, 2, return_indices=True)
+    assert (switches == 12).all()
+    decoded = torch.tensor([[[[1.0, 2.0], [3.0, 6.0]]]])  # what a decoder would unpool
+    out = unpool_switches(decoded, switches, PoolSpec(3, 2), x.shape[-2:])
+    assert out[0, 0, 2, 2] == pytest.approx(3.0)  # (1 + 2 + 3 + 6) / 4 writers
+    assert int((out != 0).sum()) == 1
+
+
+def test_no_gradient_flows_into_switches_but_values_get_one():
+    x = torch.randn(1, 2, 6, 6)
+    pooled, switches = F.max_pool2d(x, 2, 2, return_indices=True)
+    values = pooled.clone().requires_grad_(True)
+    unpool_switches(values, switches, PoolSpec(2, 2), x.shape[-2:]).sum().backward()
+    assert torch.equal(values.grad, torch.ones_like(values))
+    assert not switches.requires_grad and not switches.is_floating_point()
+
+
+def test_vgg16_decoder_mirrors_the_encoder_layer_by_layer():
+    encoder = build_encoder("vgg16", 3, 1000, 64)
+    decoder = Decoder(encoder.macro_specs(), "swwae")
+    plan = [
+        [(conv.in_channels, conv.out_channels, conv.kernel_size) for conv in layer.convs]
+        for layer in decoder.layers
+    ]
+    k = (3, 3)
+    assert plan == [  # bottom (outputs the image) first, each conv (in, out)
+        [(64, 64, k), (64, 3, k)],
+        [(128, 128, k), (128, 64, k)],
+        [(256, 256, k), (256, 256, k), (256, 128, k)],
+        [(512, 512, k), (512, 512, k), (512, 256, k)],
+        [(512, 512, k), (512, 512, k), (512, 512, k)],
+    ]
+    assert all(isinstance(c, nn.Conv2d) for layer in decoder.layers for c in layer.convs)
+    assert all(layer.pool == PoolSpec(2, 2) for layer in decoder.layers)
+    enc = encoder.encode(torch.rand(1, 3, 64, 64), switches=True)
+    shapes = [tuple(o.shape[1:]) for o in decoder.topdown(enc)]
+    assert shapes == [(3, 64, 64), (64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4)]
+    assert [tuple(o.shape[1:]) for o in decoder.layerwise(enc)] == shapes
+    weights = torch.cat([p.flatten() for n, p in decoder.named_parameters() if "weight" in n])
+    assert weights.std().item() == pytest.approx(0.001, rel=0.05)  # N(0, 0.001) init
+    assert all((p == 0).all() for n, p in decoder.named_parameters() if "bias" in n)
+
+
+def test_relu_after_every_decoder_conv_but_the_image_output():
+    encoder = build_encoder("vgg_small_2", 1, 10, 12)
+    decoder = Decoder(encoder.macro_specs(), "sae")
+    for layer in decoder.layers:
+        for conv in layer.convs:
+            nn.init.normal_(conv.weight, 0.0, 0.5)
+    enc = encoder.encode(torch.rand(4, 1, 12, 12))
+    image, pool1 = decoder.topdown(enc)
+    assert (pool1 >= 0).all()
+    assert (image < 0).any()  # the linear image output can go negative
+
+
+@pytest.mark.parametrize("size", [224, 99])
+def test_alexnet_decoder_undoes_strides_and_overlapping_pools(size):
+    encoder = AlexNet()
+    specs = encoder.macro_specs()
+    assert [len(s.convs) for s in specs] == [1, 1, 3]
+    assert all(s.pool == PoolSpec(3, 2) for s in specs)
+    decoder = Decoder(specs, "swwae")
+    assert isinstance(decoder.layers[0].convs[0], nn.ConvTranspose2d)  # mirrors conv1 stride 4
+    x = torch.rand(1, 3, size, size)
+    with torch.no_grad():
+        enc = encoder.encode(x, switches=True)
+        outputs = decoder.topdown(enc)
+    assert outputs[0].shape == x.shape
+    assert [o.shape for o in outputs[1:]] == [p.shape for p in enc.pooled[:-1]]
+    sae = Decoder(specs, "sae")
+    with torch.no_grad():
+        assert sae.topdown(enc)[0].shape == x.shape
+
+
+def test_fc_decoder_inverts_fc8_to_pool5():
+    encoder = AlexNet()
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        pool5 = encoder.encode(x).pooled[-1]
+        fc = FcDecoder(encoder.classifier, tuple(pool5.shape[1:]))
+        fc7, fc6, top = fc(encoder(x))
+    assert fc7.shape == (2, 4096) and fc6.shape == (2, 4096)
+    assert top.shape == pool5.shape == (2, 256, 6, 6)
+
+
+def test_unknown_unpooling_is_refused():
+    spec = build_encoder("vgg_small_2", 1, 10, 12).macro_specs()[0]
+    with pytest.raises(ValueError, match="sae, swwae"):
+        MacroDecoder(spec, "nearest", linear_output=True)
