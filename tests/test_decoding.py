@@ -307,3 +307,38 @@ def test_sigkill_in_the_joint_finetune_then_resume_equals_uninterrupted(decoding
     assert np.array_equal(
         np.load(ref_folder / "predictions.npz")["topk"], np.load(run / "predictions.npz")["topk"]
     )
+
+
+def test_invert_draws_sae_beside_swwae_from_each_layer(decoding_runs):
+    result = run_cli(
+        "method=swwae_all", "images=4", *SHORT, f"results={decoding_runs}", module="harness.invert"
+    )
+    assert result.returncode == 0, result.stderr
+    (picture,) = (decoding_runs / "digits" / "invert").glob("swwae_all-*.png")
+    from PIL import Image
+
+    width, height = Image.open(picture).size
+    assert width > height  # 4 rows of 5 tiles: original + 2 layers x (SAE, SWWAE)
+    table = pd.read_json(picture.with_suffix(".json"))
+    assert sorted(table["method"].unique()) == ["sae_all", "swwae_all"]
+    assert sorted(table["layer"].unique()) == [1, 2]
+    top = table[table["layer"] == 2].set_index("method")["relative_error"]
+    assert top["swwae_all"] < top["sae_all"]
+    assert "relative reconstruction error" in result.stdout and "swwae_all" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["method=baseline"], "unknown method to invert (a decoding pathway) 'baseline'"),
+        (["method=swwae_all", "layer=3"], "layer=3, but model 'vgg_small_2' has macro-layers 1..2"),
+        (["method=swwae_all", "layer=x"], "layer must be an integer"),
+        (["layer=1"], "method= is required: one of sae_all, sae_first"),
+        (["method=sae_first"], "is not done; first run: python -m harness.run"),
+    ],
+)
+def test_invert_bad_input_exits_2(tmp_path, argv, message):
+    result = run_cli(*argv, *SHORT, f"results={tmp_path}", module="harness.invert")
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
