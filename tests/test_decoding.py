@@ -342,3 +342,25 @@ def test_invert_bad_input_exits_2(tmp_path, argv, message):
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())
+
+
+def test_vgg16_defaults_are_the_reference_weights_and_every_variant_builds_on_vgg16():
+    from harness.config import SuiteConfig
+    from harness.data import Dataset, ImageSet
+
+    assert SuiteConfig().decoding.weights == [1e-4, 1e-12, 1e-12, 1e-12, 1e-10]
+    cfg = load_config(["model.name=vgg16", "decoding.weights=[1e-4,1e-12,1e-12,1e-12,1e-10]"])
+    empty = ImageSet(targets=np.zeros(0, dtype=np.int64))
+    imagenet = Dataset(
+        "imagenet",
+        empty,
+        empty,
+        tuple(map(str, range(1000))),
+        3,
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+    )
+    encoder = build_encoder("vgg16", 3, 1000, 224)
+    for name in VARIANTS:
+        model = get_method(name)(cfg).build_model(encoder, imagenet)
+        assert len(model.decoder.layers) == 5
