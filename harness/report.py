@@ -43,18 +43,34 @@ def read_runs(suite_dir: Path) -> pd.DataFrame:
 
 def error_table(runs: pd.DataFrame, methods: list[str]) -> str:
     """Markdown: method rows per label budget, mean ± std over seeds of each error (%)."""
+    return _mean_std_table(runs, methods, list(ERROR_COLUMNS), ".2f")
+
+
+def recon_table(runs: pd.DataFrame, methods: list[str]) -> str | None:
+    """Markdown: the decoders' relative reconstruction error on val per level (lower
+    is better; 1.0 = predicting zeros), mean ± std over seeds; None if no run has one."""
+    columns = sorted(c for c in runs.columns if c.startswith("recon_rel_"))
+    if not columns:
+        return None
+    titled = [(c, c.removeprefix("recon_rel_").replace("_", " ")) for c in columns]
+    return _mean_std_table(runs, methods, titled, ".4f")
+
+
+def _mean_std_table(
+    runs: pd.DataFrame, methods: list[str], columns: list[tuple[str, str]], fmt: str
+) -> str:
     done = runs[runs["status"] == "done"] if len(runs) else runs
-    header = ["labels", "method", "seeds"] + [title for _, title in ERROR_COLUMNS]
+    header = ["labels", "method", "seeds"] + [title for _, title in columns]
     table = []
     for labels in sorted(done["labels"].unique(), key=float) if len(done) else []:
         for method in methods:
             group = done[(done["labels"] == labels) & (done["method"] == method)]
-            if group.empty:
+            if group.empty or group[columns[0][0]].isna().all():
                 continue
             cells = [labels, method, str(len(group))]
-            for key, _ in ERROR_COLUMNS:
+            for key, _ in columns:
                 values = group[key].astype(float)
                 std = values.std(ddof=1) if len(values) > 1 else 0.0
-                cells.append(f"{values.mean():.2f} ± {std:.2f}")
+                cells.append(f"{values.mean():{fmt}} ± {std:{fmt}}")
             table.append(cells)
     return pd.DataFrame(table, columns=header).to_markdown(index=False)

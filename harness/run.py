@@ -22,7 +22,7 @@ from harness.launchers import LAUNCHERS
 from harness.method import get_method
 from harness.models import build_encoder
 from harness.plan import RunSpec, make_plan
-from harness.report import error_table, read_runs
+from harness.report import error_table, read_runs, recon_table
 
 
 def validate(argv: list[str]) -> tuple[DictConfig, list[RunSpec]]:
@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     methods = list(dict.fromkeys(spec.method for spec in plan))
     print(f"\n## {cfg.suite}: error (%), mean ± std over seeds\n")
     print(error_table(runs, methods))
+    recon = recon_table(runs, methods)
+    if recon is not None:
+        print(f"\n## {cfg.suite}: relative reconstruction error on val, mean ± std over seeds\n")
+        print(recon)
     print(f"\nrun records: {suite_dir}/<run_id>/", file=sys.stderr)
     return 0
 
