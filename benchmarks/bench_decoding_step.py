@@ -176,6 +176,7 @@ def gpu_table(args) -> None:
             "optim.batch_size=64",
             "optim.unlabeled_batch_size=64",
             "device=cuda",
+            "decoding.weights=[1e-4,1e-12,1e-12,1e-12,1e-10]",
         ]
     )
     gen = torch.Generator(device="cpu").manual_seed(0)

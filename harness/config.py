@@ -66,6 +66,14 @@ class DecodingConfig:
     (pixel - mean) / 255, i.e. the normalized input times the dataset's std;
     a pool target is the encoder's own pooled activation. One weight per level,
     image first, so the list is as long as the encoder has macro-layers.
+
+    The defaults are the reference's VGG-16 values in the reference's convention;
+    the image term matches it exactly. Pool terms carry the scale of the encoder's
+    activations: a torchvision VGG-16 reads (pixel/255 - mean)/std where Caffe's
+    read pixel - mean, so its activations are roughly 1/(255 std) ~ 1/58 of
+    Caffe's and the pool terms ~1/3400 as large at the same weight. At 1e-10 and
+    1e-12 those terms are small in both; multiply the pool weights by ~3400 to
+    match Caffe's pool terms.
     """
 
     weights: list[float] = field(default_factory=lambda: list(VGG16_RECON_WEIGHTS))

@@ -76,6 +76,9 @@ class MacroDecoder(nn.Module):
         if kind not in UNPOOL_KINDS:
             raise ValueError(f"unknown unpooling {kind!r}; valid: {', '.join(UNPOOL_KINDS)}")
         self.kind, self.pool, self.linear_output = kind, spec.pool, linear_output
+        if any(conv.stride != 1 for conv in spec.convs[1:]):
+            # only the last decoder conv is told its output size (the macro-layer's input)
+            raise ValueError("a strided conv must be the first conv of its macro-layer")
         convs: list[nn.Module] = []
         for conv in reversed(spec.convs):
             same_size = conv.stride == 1 and 2 * conv.padding == conv.kernel - 1

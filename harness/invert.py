@@ -149,7 +149,11 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("method= is required: one of " + ", ".join(_decoding_methods()))
         names = pair_of(own["method"])
         cfg = load_config([*rest, f"methods=[{','.join(names)}]"])
-        depth = len(cfg.decoding.weights)
+        dataset = load_dataset(cfg.data)
+        encoder = build_encoder(
+            cfg.model.name, dataset.channels, dataset.num_classes, cfg.data.crop
+        )
+        depth = len(encoder.macro_specs())
         layer = _int(own, "layer", depth)
         if layer > depth:
             raise UsageError(

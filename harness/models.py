@@ -157,17 +157,6 @@ class VGG(nn.Module):
                 nn.init.normal_(module.weight, 0, 0.01)
                 nn.init.zeros_(module.bias)
 
-    @property
-    def macro_layer_modules(self) -> list[list[nn.Conv2d]]:
-        """The convs of each macro-layer, in order (what a decoder mirrors)."""
-        groups: list[list[nn.Conv2d]] = [[]]
-        for module in self.features:
-            if isinstance(module, nn.Conv2d):
-                groups[-1].append(module)
-            elif isinstance(module, nn.MaxPool2d):
-                groups.append([])
-        return groups[:-1]
-
     def macro_specs(self) -> list[MacroSpec]:
         return _macro_specs(self.features)
 

@@ -35,14 +35,37 @@ def validate(argv: list[str]) -> tuple[DictConfig, list[RunSpec]]:
         raise UsageError(f"results={cfg.results!r} exists and is not a folder")
     plan = make_plan(cfg)
     dataset = load_dataset(cfg.data)
+    encoder = build_encoder(cfg.model.name, dataset.channels, dataset.num_classes, cfg.data.crop)
+    if cfg.model.pretrained:
+        check_pretrained(cfg.model.pretrained, encoder)
+    pool_stages = set()
     for name in dict.fromkeys(spec.method for spec in plan):  # a method may reject the model
-        encoder = build_encoder(
-            cfg.model.name, dataset.channels, dataset.num_classes, cfg.data.crop
-        )
-        get_method(name)(cfg).build_model(encoder, dataset)
+        method = get_method(name)(cfg)
+        method.build_model(encoder, dataset)
+        pool_stages |= {s.name for s in method.stages() if s.unlabeled}
     for spec in plan:
-        load_or_store_split(Path(cfg.results), dataset, spec.labels, spec.split_seed, store=False)
+        split = load_or_store_split(
+            Path(cfg.results), dataset, spec.labels, spec.split_seed, store=False
+        )
+        if pool_stages and len(split.unlabeled) == 0:
+            raise UsageError(
+                f"label budget {spec.labels} leaves no unlabeled images, but stage(s) "
+                f"{', '.join(sorted(pool_stages))} train on the unlabeled pool; "
+                "use a smaller budget"
+            )
     return cfg, plan
+
+
+def check_pretrained(path: str, encoder: torch.nn.Module) -> None:
+    """The ``model.pretrained`` file must load strictly into the suite's classifier."""
+    try:
+        encoder.load_state_dict(torch.load(path, map_location="cpu"))
+    except Exception as error:  # noqa: BLE001 - any failure means the same to the user
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(
+            f"model.pretrained={path!r} does not load into model {encoder.__class__.__name__} "
+            f"as built by this suite ({first})"
+        ) from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,8 @@ Loss normalization (``harness.config.DecodingConfig``): a site's term is
 EuclideanLoss; the image target is in the reference's units, (pixel - mean)/255
 (the normalized input times the dataset std); pool targets are the encoder's
 own activations, and, as with Caffe's loss, the gradient reaches both sides.
-The VGG-16 defaults are the reference weights: image 1e-4, pool1-3 1e-12, pool4 1e-10.
+The VGG-16 defaults are the reference weights: image 1e-4, pool1-3 1e-12, pool4 1e-10
+(the image term is the reference's exactly; on the scale of pool terms see DecodingConfig).
 """
 
 from __future__ import annotations

@@ -45,13 +45,27 @@ def test_overlapping_switches_average_where_windows_share_a_position():
     assert int((out != 0).sum()) == 1
 
 
-def test_no_gradient_flows_into_switches_but_values_get_one():
+def test_unpooled_values_get_their_gradient_and_overlaps_share_it():
     x = torch.randn(1, 2, 6, 6)
     pooled, switches = F.max_pool2d(x, 2, 2, return_indices=True)
     values = pooled.clone().requires_grad_(True)
     unpool_switches(values, switches, PoolSpec(2, 2), x.shape[-2:]).sum().backward()
     assert torch.equal(values.grad, torch.ones_like(values))
-    assert not switches.requires_grad and not switches.is_floating_point()
+    # overlapping windows: a position written by w windows passes 1/w back to each
+    x = torch.zeros(1, 1, 5, 5)
+    x[0, 0, 2, 2] = 1.0
+    _, switches = F.max_pool2d(x, 3, 2, return_indices=True)
+    values = torch.ones(1, 1, 2, 2, requires_grad=True)
+    unpool_switches(values, switches, PoolSpec(3, 2), x.shape[-2:]).sum().backward()
+    assert torch.allclose(values.grad, torch.full_like(values, 0.25))
+
+
+def test_a_strided_conv_after_the_first_of_a_macro_layer_is_refused():
+    from harness.models import ConvSpec, MacroSpec
+
+    spec = MacroSpec((ConvSpec(3, 8, 3, 1, 1), ConvSpec(8, 8, 3, 2, 1)), PoolSpec(2, 2))
+    with pytest.raises(ValueError, match="first conv of its macro-layer"):
+        MacroDecoder(spec, "swwae", linear_output=True)
 
 
 def test_vgg16_decoder_mirrors_the_encoder_layer_by_layer():

@@ -364,3 +364,53 @@ def test_vgg16_defaults_are_the_reference_weights_and_every_variant_builds_on_vg
     for name in VARIANTS:
         model = get_method(name)(cfg).build_model(encoder, imagenet)
         assert len(model.decoder.layers) == 5
+
+
+def test_baseline_and_decoder_finetunes_take_the_same_number_of_labeled_steps():
+    from harness.data import load_or_store_split
+    from harness.train import Context, stage_batches, steps_per_epoch
+
+    cfg = load_config(["labels=[100]", "seeds=[0]"])
+    dataset = load_dataset(cfg.data)
+    split = load_or_store_split(Path("unused"), dataset, "100", 0, store=False)
+    counts = {}
+    for spec in make_plan(
+        load_config(["methods=[baseline,swwae_all]", "labels=[100]", "seeds=[0]"])
+    ):
+        ctx = Context(
+            cfg,
+            spec,
+            dataset,
+            split,
+            torch.device("cpu"),
+            torch.tensor(dataset.mean),
+            torch.tensor(dataset.std),
+        )
+        method = get_method(spec.method)(cfg)
+        stage = next(s for s in method.stages() if s.name == "finetune")
+        batches = list(stage_batches(ctx, method, stage, epoch=0))
+        assert len(batches) == steps_per_epoch(ctx, stage)
+        assert all(b.x is not None and len(b.x) == cfg.optim.batch_size for b in batches)
+        counts[spec.method] = len(batches)
+    assert counts["baseline"] == counts["swwae_all"] == cfg.schedule.finetune.steps
+    # 100 labels are 4 batches of 32: the baseline cycles them, as the decoders do
+    assert counts["baseline"] > len(split.labeled) // cfg.optim.batch_size
+
+
+def test_a_budget_that_leaves_no_unlabeled_pool_exits_2_for_decoders(tmp_path):
+    result = run_cli("methods=[swwae_all]", "labels=[1.0]", f"results={tmp_path}")
+    assert result.returncode == 2
+    assert "leaves no unlabeled images" in result.stderr and "decoder_layerwise" in result.stderr
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_a_pretrained_file_that_does_not_fit_the_model_exits_2(tmp_path):
+    wrong = tmp_path / "vgg_small_3.pt"
+    torch.save(build_encoder("vgg_small_3", 1, 10, 12).state_dict(), wrong)
+    result = run_cli(
+        "methods=[swwae_all]", f"model.pretrained={wrong}", f"results={tmp_path / 'r'}"
+    )
+    assert result.returncode == 2
+    assert f"model.pretrained='{wrong}' does not load into model VGG" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()

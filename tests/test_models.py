@@ -58,4 +58,4 @@ def test_encode_records_switches_of_every_macro_layer():
         s is not None and s.shape == p.shape for s, p in zip(enc.switches, enc.pooled, strict=True)
     )
     assert [tuple(s) for s in enc.sizes] == [(64, 64), (32, 32), (16, 16), (8, 8), (4, 4)]
-    assert [len(convs) for convs in model.macro_layer_modules] == [2, 2, 3, 3, 3]
+    assert [len(spec.convs) for spec in model.macro_specs()] == [2, 2, 3, 3, 3]

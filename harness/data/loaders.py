@@ -40,6 +40,8 @@ def cycled_batches(
     Used for the labeled subset when a stage's epoch is a pass over the (larger)
     unlabeled pool; passes are numbered into the seed so the stream is replayable.
     """
+    if len(indices) == 0:
+        raise ValueError("cannot cycle over an empty set of images")
     buffer = np.empty(0, dtype=np.int64)
     cycle = 0
     while True:
