@@ -135,9 +135,13 @@ class Decoder(nn.Module):
     def _step(self, level: int, x: torch.Tensor, enc: Encoding) -> torch.Tensor:
         return self.layers[level](x, enc.sizes[level], enc.inputs[level], enc.switches[level])
 
-    def topdown(self, enc: Encoding, start: int | None = None) -> list[torch.Tensor]:
+    def topdown(
+        self, enc: Encoding, start: int | None = None, code: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """``code`` replaces the encoder's pooled output of level ``start`` (an fc
+        decoder's prediction of the top pool, when inverting from fc layers)."""
         start = len(self.layers) if start is None else start
-        x = enc.pooled[start - 1]
+        x = enc.pooled[start - 1] if code is None else code
         outputs: list[torch.Tensor] = []
         for level in reversed(range(start)):
             x = self._step(level, x, enc)
@@ -168,15 +172,38 @@ class FcDecoder(nn.Module):
         )
         init_decoder(self)
 
-    def forward(self, code: torch.Tensor) -> list[torch.Tensor]:
-        """Predictions of fc7, fc6 and the top pool from ``code`` (fc8 scores), in that order."""
+    def forward(self, code: torch.Tensor, start: int | None = None) -> list[torch.Tensor]:
+        """Predictions of each level below fc level ``start`` (0 = fc6, 1 = fc7, 2 = fc8;
+        default the top), down to the top pool: from fc8 scores, [fc7, fc6, pool]."""
+        start = len(self.layers) - 1 if start is None else start
         outputs = []
         x = code
-        for layer in self.layers:
+        for layer in self.layers[len(self.layers) - 1 - start :]:
             x = F.relu(layer(x))
             outputs.append(x)
         outputs[-1] = outputs[-1].view(-1, *self.top_shape)
         return outputs
+
+    def layerwise(self, codes: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each layer from the clean code of its level (``codes`` = [fc6, fc7, fc8]):
+        predictions of [fc7, fc6, pool], to train the layers one by one."""
+        top = len(self.layers) - 1
+        outputs = [F.relu(layer(codes[top - i])) for i, layer in enumerate(self.layers)]
+        outputs[-1] = outputs[-1].view(-1, *self.top_shape)
+        return outputs
+
+
+def fc_codes(classifier: nn.Sequential, pooled_top: torch.Tensor) -> list[torch.Tensor]:
+    """[fc6, fc7, fc8] of a VGG-style classifier in eval mode (fc6/fc7 after ReLU, fc8 scores)."""
+    linears = [m for m in classifier if isinstance(m, nn.Linear)]
+    x = torch.flatten(pooled_top, 1)
+    codes = []
+    for i, linear in enumerate(linears):
+        x = linear(x)
+        if i < len(linears) - 1:
+            x = F.relu(x)
+        codes.append(x)
+    return codes
 
 
 def init_decoder(module: nn.Module) -> None:

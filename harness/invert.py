@@ -1,16 +1,21 @@
 """``python -m harness.invert suite=NAME method=swwae_first [layer=L] [key=value ...]``
 
 Network inversion pictures from stored runs: val images beside their
-reconstructions from each macro-layer 1..L (the top-down decoder started at
-that layer's pooled code), for the method asked for and its counterpart with
-the other unpooling (SAE beside SWWAE, same loss placement), plus the
-per-layer relative reconstruction error over the whole val set as numbers.
+reconstructions from each layer 1..``layer`` (the paper's numbering: the
+macro-layers' pools, then fc6, fc7, fc8; 1-8 for VGG-16), for the method asked
+for and its counterpart with the other unpooling (SAE beside SWWAE, same loss
+placement), plus the per-layer relative reconstruction error over the whole val
+set as numbers. A macro-layer's pooled code goes through the run's top-down
+decoder; for an fc layer, an fc decoder (fc8 -> fc7 -> fc6 -> top pool) is first
+trained here on the frozen network, ``fc_steps`` steps, and its prediction of
+the top pool goes through the same decoder (SWWAE with the encoder's switches).
 
 The runs are those of the suite's first label budget and first seed (set
 ``labels=`` / ``seeds=`` to choose); they must be done (``python -m harness.run``
 with the same settings). Writes ``<results>/<suite>/invert/<name>.png`` and
 ``.json``, and prints the error table. Extra keys: ``method`` (required),
-``layer`` (deepest macro-layer shown; default all), ``images`` (rows; default 8).
+``layer`` (deepest layer shown; default the last macro-layer), ``images`` (rows;
+default 8), ``fc_steps`` (default 500).
 """
 
 from __future__ import annotations
@@ -22,17 +27,20 @@ import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig
+from tqdm import tqdm
 
 from harness.config import load_config
 from harness.data import center_crop, epoch_batches, load_batches, load_dataset, normalize
+from harness.decoders import FcDecoder, fc_codes
 from harness.errors import UsageError, unknown
 from harness.images import save_grid
 from harness.method import get_method
 from harness.models import build_encoder
 from harness.plan import make_plan
+from harness.seeding import derive_seed, numpy_rng
 from harness.store import atomic_write_text, run_record
 
-INVERT_KEYS = ("method", "layer", "images")
+INVERT_KEYS = ("method", "layer", "images", "fc_steps")
 KINDS = ("sae", "swwae")
 
 
@@ -105,36 +113,99 @@ def load_models(cfg: DictConfig, names: list[str]) -> dict[str, torch.nn.Module]
     return models
 
 
+def layer_names(depth: int) -> list[str]:
+    """Layer numbers 1..depth+3 as the paper counts them: pool1..pool<depth>, fc6, fc7, fc8."""
+    return [f"pool{i}" for i in range(1, depth + 1)] + ["fc6", "fc7", "fc8"]
+
+
+def _val_crops(cfg: DictConfig, dataset, part: str, indices: np.ndarray, batch: int):
+    images = dataset.train if part == "train" else dataset.val
+    mean, std = torch.tensor(dataset.mean), torch.tensor(dataset.std)
+    for x, _ in load_batches(images, epoch_batches(indices, batch, shuffle=False), cfg.data.resize):
+        yield normalize(center_crop(x, cfg.data.crop), mean, std)
+
+
+def train_fc_decoder(cfg: DictConfig, model: torch.nn.Module, steps: int) -> FcDecoder:
+    """Invert the fc layers of a frozen network: each fc decoder layer learns, from the
+    clean code of its level, the level below (relative squared error, Adam), on
+    center crops of training images in a seeded order."""
+    dataset = load_dataset(cfg.data)
+    classifier = model.encoder.classifier
+    with torch.no_grad():
+        first = next(_val_crops(cfg, dataset, "train", np.arange(2), 2))
+        top_shape = tuple(model.encode(first).pooled[-1].shape[1:])
+    torch.manual_seed(derive_seed("invert-fc", cfg.seeds[0]))
+    fc = FcDecoder(classifier, top_shape)
+    optimizer = torch.optim.Adam(fc.parameters(), lr=1e-3)
+    order = numpy_rng("invert-fc-order", cfg.seeds[0]).permutation(len(dataset.train))
+    batches = _val_crops(cfg, dataset, "train", np.resize(order, steps * 64), 64)
+    for x in tqdm(batches, total=steps, desc="fc decoder", disable=not cfg.progress):
+        with torch.no_grad():
+            enc = model.encode(x)
+            codes = fc_codes(classifier, enc.pooled[-1])
+            targets = [codes[1], codes[0], enc.pooled[-1]]  # fc7, fc6, pool: what each predicts
+        loss = sum(
+            (out - t).pow(2).mean() / t.pow(2).mean().clamp(min=1e-12)
+            for out, t in zip(fc.layerwise(codes), targets, strict=True)
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return fc.eval()
+
+
+@torch.no_grad()
+def reconstruct(
+    model: torch.nn.Module, fc: FcDecoder | None, x: torch.Tensor, layer: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the image target, its reconstruction from ``layer``): a macro-layer's pooled code
+    through the top-down decoder, or an fc code through the fc decoder and then it."""
+    enc = model.encode(x)
+    target = model.targets(x, enc)[0]
+    depth = len(model.decoder.layers)
+    if layer <= depth:
+        return target, model.decoder.topdown(enc, start=layer)[0]
+    codes = fc_codes(model.encoder.classifier, enc.pooled[-1])
+    top = fc(codes[layer - depth - 1], start=layer - depth - 1)[-1]
+    return target, model.decoder.topdown(enc, code=top)[0]
+
+
 @torch.no_grad()
 def invert(
-    cfg: DictConfig, models: dict[str, torch.nn.Module], layer: int, rows: int
+    cfg: DictConfig,
+    models: dict[str, torch.nn.Module],
+    fcs: dict[str, FcDecoder | None],
+    layer: int,
+    rows: int,
 ) -> tuple[list[list[torch.Tensor]], pd.DataFrame]:
     """Picture rows (original, then each model's reconstructions from layers 1..layer)
     and the relative error of every (model, layer) over the val set."""
     dataset = load_dataset(cfg.data)
-    mean, std = torch.tensor(dataset.mean), torch.tensor(dataset.std)
-    batches = epoch_batches(np.arange(len(dataset.val)), cfg.eval.batch_size, shuffle=False)
+    names = layer_names(len(next(iter(models.values())).decoder.layers))
     error = {(name, level): 0.0 for name in models for level in range(1, layer + 1)}
     energy = 0.0
     picture: list[list[torch.Tensor]] = []
-    for images, _ in load_batches(dataset.val, batches, cfg.data.resize):
-        x = normalize(center_crop(images, cfg.data.crop), mean, std)
+    val = np.arange(len(dataset.val))
+    for x in _val_crops(cfg, dataset, "val", val, cfg.eval.batch_size):
         columns: list[torch.Tensor] = []
         for name, model in models.items():
-            enc = model.encode(x)
-            target = model.targets(x, enc)[0]
-            if not columns:
-                energy += target.pow(2).sum().item()
-                columns.append(model.to_pixels(target[:rows]))
             for level in range(1, layer + 1):
-                image = model.decoder.topdown(enc, start=level)[0]
+                target, image = reconstruct(model, fcs[name], x, level)
+                if not columns:
+                    energy += target.pow(2).sum().item()
+                    columns.append(model.to_pixels(target[:rows]))
                 error[name, level] += (image - target).pow(2).sum().item()
                 columns.append(model.to_pixels(image[:rows]))
         if not picture:
             picture = [[column[i] for column in columns] for i in range(len(columns[0]))]
     table = pd.DataFrame(
         [
-            {"method": name, "layer": level, "relative_error": value / energy}
+            {
+                "method": name,
+                "layer": level,
+                "name": names[level - 1],
+                "relative_error": value / energy,
+            }
             for (name, level), value in error.items()
         ]
     )
@@ -155,25 +226,34 @@ def main(argv: list[str] | None = None) -> int:
         )
         depth = len(encoder.macro_specs())
         layer = _int(own, "layer", depth)
-        if layer > depth:
+        if layer > depth + 3:
             raise UsageError(
-                f"layer={layer}, but model {cfg.model.name!r} has macro-layers 1..{depth}"
+                f"layer={layer}, but model {cfg.model.name!r} has layers 1..{depth + 3} "
+                f"({', '.join(layer_names(depth))})"
             )
         rows = _int(own, "images", 8)
+        fc_steps = _int(own, "fc_steps", 500)
         models = load_models(cfg, names)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    picture, table = invert(cfg, models, layer, rows)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    fcs = {
+        name: train_fc_decoder(cfg, model, fc_steps) if layer > depth else None
+        for name, model in models.items()
+    }
+    picture, table = invert(cfg, models, fcs, layer, rows)
     out = Path(cfg.results) / cfg.suite / "invert"
     budget, seed = first_run_of(cfg)
     stem = f"{own['method']}-labels{budget}-seed{seed}-layer{layer}"
     save_grid(picture, out / f"{stem}.png")
     atomic_write_text(out / f"{stem}.json", table.to_json(orient="records", indent=2) + "\n")
-    wide = table.pivot(index="layer", columns="method", values="relative_error")
+    wide = table.pivot(index=["layer", "name"], columns="method", values="relative_error")
     print(f"relative reconstruction error of the val images from each layer ({cfg.suite}):\n")
-    print(wide.to_markdown(floatfmt=".4f"))
-    columns = ["original"] + [f"{n} from layer {i}" for n in names for i in range(1, layer + 1)]
+    print(wide.reset_index().to_markdown(index=False, floatfmt=".4f"))
+    layers = layer_names(depth)[:layer]
+    columns = ["original"] + [f"{n} from {layers[i]}" for n in names for i in range(layer)]
     print(f"\npicture: {out / stem}.png (columns: {', '.join(columns)})")
     return 0
 

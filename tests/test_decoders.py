@@ -7,7 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.decoders import Decoder, FcDecoder, MacroDecoder, unpool_fixed, unpool_switches
+from harness.decoders import (
+    Decoder,
+    FcDecoder,
+    MacroDecoder,
+    fc_codes,
+    unpool_fixed,
+    unpool_switches,
+)
 from harness.models import AlexNet, PoolSpec, build_encoder
 
 
@@ -134,6 +141,10 @@ def test_fc_decoder_inverts_fc8_to_pool5():
         fc7, fc6, top = fc(encoder(x))
     assert fc7.shape == (2, 4096) and fc6.shape == (2, 4096)
     assert top.shape == pool5.shape == (2, 256, 6, 6)
+    codes = fc_codes(encoder.classifier[1:], pool5)  # AlexNet's fc6 input at 224 px is pool5
+    assert [c.shape[1] for c in codes] == [4096, 4096, 1000]
+    assert fc(codes[0], start=0)[-1].shape == pool5.shape  # from fc6 straight to pool5
+    assert [o.shape for o in fc.layerwise(codes)] == [fc7.shape, fc6.shape, pool5.shape]
 
 
 def test_unknown_unpooling_is_refused():

@@ -184,9 +184,13 @@ def decoding_runs(tmp_path_factory) -> Path:
     results = tmp_path_factory.mktemp("decoding") / "results"
     result = run_cli(*SHORT, "methods=[sae_all,swwae_all]", f"results={results}")
     assert result.returncode == 0, result.stderr
-    cells = [line.split("|") for line in result.stdout.splitlines() if line.startswith("|")]
-    rows = [row[2].strip() for row in cells if row[1].strip() == "100"]
-    assert rows == ["baseline", "sae_all", "swwae_all"], result.stdout
+    errors, recon = result.stdout.split("relative reconstruction error")
+    for table, methods in (
+        (errors, ["baseline", "sae_all", "swwae_all"]),
+        (recon, ["sae_all", "swwae_all"]),
+    ):
+        cells = [line.split("|") for line in table.splitlines() if line.startswith("|")]
+        assert [row[2].strip() for row in cells if row[1].strip() == "100"] == methods, table
     return results
 
 
@@ -311,19 +315,28 @@ def test_sigkill_in_the_joint_finetune_then_resume_equals_uninterrupted(decoding
 
 def test_invert_draws_sae_beside_swwae_from_each_layer(decoding_runs):
     result = run_cli(
-        "method=swwae_all", "images=4", *SHORT, f"results={decoding_runs}", module="harness.invert"
+        "method=swwae_all",
+        "images=4",
+        "layer=3",  # pool1, pool2 and fc6 (through an fc decoder trained on the spot)
+        "fc_steps=50",
+        *SHORT,
+        f"results={decoding_runs}",
+        module="harness.invert",
     )
     assert result.returncode == 0, result.stderr
     (picture,) = (decoding_runs / "digits" / "invert").glob("swwae_all-*.png")
     from PIL import Image
 
     width, height = Image.open(picture).size
-    assert width > height  # 4 rows of 5 tiles: original + 2 layers x (SAE, SWWAE)
+    assert width > height  # 4 rows of 7 tiles: original + 3 layers x (SAE, SWWAE)
     table = pd.read_json(picture.with_suffix(".json"))
     assert sorted(table["method"].unique()) == ["sae_all", "swwae_all"]
-    assert sorted(table["layer"].unique()) == [1, 2]
-    top = table[table["layer"] == 2].set_index("method")["relative_error"]
-    assert top["swwae_all"] < top["sae_all"]
+    assert sorted(table["layer"].unique()) == [1, 2, 3]
+    assert sorted(table["name"].unique()) == ["fc6", "pool1", "pool2"]
+    for layer in (2, 3):  # from the top pool and from fc6 the switches carry the "where"
+        error = table[table["layer"] == layer].set_index("method")["relative_error"]
+        assert error["swwae_all"] < error["sae_all"]
+    assert table["relative_error"].between(0, 2).all()
     assert "relative reconstruction error" in result.stdout and "swwae_all" in result.stdout
 
 
@@ -331,7 +344,7 @@ def test_invert_draws_sae_beside_swwae_from_each_layer(decoding_runs):
     "argv, message",
     [
         (["method=baseline"], "unknown method to invert (a decoding pathway) 'baseline'"),
-        (["method=swwae_all", "layer=3"], "layer=3, but model 'vgg_small_2' has macro-layers 1..2"),
+        (["method=swwae_all", "layer=6"], "layer=6, but model 'vgg_small_2' has layers 1..5"),
         (["method=swwae_all", "layer=x"], "layer must be an integer"),
         (["layer=1"], "method= is required: one of sae_all, sae_first"),
         (["method=sae_first"], "is not done; first run: python -m harness.run"),
