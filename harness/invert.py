@@ -30,13 +30,13 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from harness.config import load_config
-from harness.data import center_crop, epoch_batches, load_batches, load_dataset, normalize
+from harness.data import center_crop_batches, load_dataset
 from harness.decoders import FcDecoder, fc_codes
 from harness.errors import UsageError, unknown
 from harness.images import save_grid
 from harness.method import get_method
 from harness.models import build_encoder
-from harness.plan import make_plan
+from harness.plan import RunSpec, make_plan
 from harness.seeding import derive_seed, numpy_rng
 from harness.store import atomic_write_text, run_record
 
@@ -81,16 +81,17 @@ def _int(own: dict[str, str], key: str, default: int) -> int:
     return value
 
 
-def first_run_of(cfg: DictConfig) -> tuple[str, int]:
+def first_run_of(cfg: DictConfig, plan: list[RunSpec]) -> tuple[str, int]:
     """(label budget, seed) of the runs shown: the suite's first of each."""
-    return make_plan(cfg)[0].labels, cfg.seeds[0]
+    return plan[0].labels, cfg.seeds[0]
 
 
-def load_models(cfg: DictConfig, names: list[str]) -> dict[str, torch.nn.Module]:
+def load_models(
+    cfg: DictConfig, names: list[str], plan: list[RunSpec]
+) -> dict[str, torch.nn.Module]:
     """The final weights of each named method's run (first budget, first seed)."""
     dataset = load_dataset(cfg.data)
-    plan = make_plan(cfg)
-    budget, seed = first_run_of(cfg)
+    budget, seed = first_run_of(cfg, plan)
     models = {}
     for name in names:
         spec = next(
@@ -103,11 +104,12 @@ def load_models(cfg: DictConfig, names: list[str]) -> dict[str, torch.nn.Module]
                 f"harness.run suite={cfg.suite} methods=[{','.join(names)}] labels=[{budget}] "
                 f"seeds=[{seed}] (with the same overrides)"
             )
-        last_stage = get_method(name)(cfg).stages()[-1].name
+        method = get_method(name)(cfg)
+        last_stage = method.stages()[-1].name
         encoder = build_encoder(
             cfg.model.name, dataset.channels, dataset.num_classes, cfg.data.crop
         )
-        model = get_method(name)(cfg).build_model(encoder, dataset)
+        model = method.build_model(encoder, dataset)
         model.load_state_dict(torch.load(record.stage_file(last_stage), map_location="cpu"))
         models[name] = model.eval()
     return models
@@ -118,11 +120,11 @@ def layer_names(depth: int) -> list[str]:
     return [f"pool{i}" for i in range(1, depth + 1)] + ["fc6", "fc7", "fc8"]
 
 
-def _val_crops(cfg: DictConfig, dataset, part: str, indices: np.ndarray, batch: int):
+def _crops(cfg: DictConfig, dataset, part: str, indices: np.ndarray, batch: int):
+    """Normalized center crops of ``dataset.<part>`` (train or val) on the CPU."""
     images = dataset.train if part == "train" else dataset.val
     mean, std = torch.tensor(dataset.mean), torch.tensor(dataset.std)
-    for x, _ in load_batches(images, epoch_batches(indices, batch, shuffle=False), cfg.data.resize):
-        yield normalize(center_crop(x, cfg.data.crop), mean, std)
+    return center_crop_batches(images, indices, batch, cfg.data.resize, cfg.data.crop, mean, std)
 
 
 def train_fc_decoder(cfg: DictConfig, model: torch.nn.Module, steps: int) -> FcDecoder:
@@ -132,13 +134,13 @@ def train_fc_decoder(cfg: DictConfig, model: torch.nn.Module, steps: int) -> FcD
     dataset = load_dataset(cfg.data)
     classifier = model.encoder.classifier
     with torch.no_grad():
-        first = next(_val_crops(cfg, dataset, "train", np.arange(2), 2))
+        first = next(_crops(cfg, dataset, "train", np.arange(2), 2))
         top_shape = tuple(model.encode(first).pooled[-1].shape[1:])
     torch.manual_seed(derive_seed("invert-fc", cfg.seeds[0]))
     fc = FcDecoder(classifier, top_shape)
     optimizer = torch.optim.Adam(fc.parameters(), lr=1e-3)
     order = numpy_rng("invert-fc-order", cfg.seeds[0]).permutation(len(dataset.train))
-    batches = _val_crops(cfg, dataset, "train", np.resize(order, steps * 64), 64)
+    batches = _crops(cfg, dataset, "train", np.resize(order, steps * 64), 64)
     for x in tqdm(batches, total=steps, desc="fc decoder", disable=not cfg.progress):
         with torch.no_grad():
             enc = model.encode(x)
@@ -186,7 +188,7 @@ def invert(
     energy = 0.0
     picture: list[list[torch.Tensor]] = []
     val = np.arange(len(dataset.val))
-    for x in _val_crops(cfg, dataset, "val", val, cfg.eval.batch_size):
+    for x in _crops(cfg, dataset, "val", val, cfg.eval.batch_size):
         columns: list[torch.Tensor] = []
         for name, model in models.items():
             for level in range(1, layer + 1):
@@ -233,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         rows = _int(own, "images", 8)
         fc_steps = _int(own, "fc_steps", 500)
-        models = load_models(cfg, names)
+        plan = make_plan(cfg)
+        models = load_models(cfg, names, plan)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -245,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     picture, table = invert(cfg, models, fcs, layer, rows)
     out = Path(cfg.results) / cfg.suite / "invert"
-    budget, seed = first_run_of(cfg)
+    budget, seed = first_run_of(cfg, plan)
     stem = f"{own['method']}-labels{budget}-seed{seed}-layer{layer}"
     save_grid(picture, out / f"{stem}.png")
     atomic_write_text(out / f"{stem}.json", table.to_json(orient="records", indent=2) + "\n")

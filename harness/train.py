@@ -29,7 +29,7 @@ from harness.data import (
     Dataset,
     Split,
     augment_batch,
-    center_crop,
+    center_crop_batches,
     cycled_batches,
     epoch_batches,
     load_batches,
@@ -360,10 +360,18 @@ def _stage_source(ctx: Context, stage: Stage) -> Path | None:
 
 def val_crops(ctx: Context) -> Iterator[torch.Tensor]:
     """The val set as normalized center crops, in eval-sized batches, on the device."""
-    cfg = ctx.cfg
-    batches = epoch_batches(np.arange(len(ctx.dataset.val)), cfg.eval.batch_size, shuffle=False)
-    for x, _ in load_batches(ctx.dataset.val, batches, cfg.data.resize, cfg.data.num_workers):
-        x = normalize(center_crop(x.to(ctx.device), cfg.data.crop), ctx.mean, ctx.std)
+    cfg, val = ctx.cfg, ctx.dataset.val
+    for x in center_crop_batches(
+        val,
+        np.arange(len(val)),
+        cfg.eval.batch_size,
+        cfg.data.resize,
+        cfg.data.crop,
+        ctx.mean,
+        ctx.std,
+        ctx.device,
+        cfg.data.num_workers,
+    ):
         yield x.contiguous(memory_format=torch.channels_last) if ctx.cuda else x
 
 

@@ -4,6 +4,7 @@ from harness.data.datasets import DATASETS, Dataset, ImageSet, load_dataset, reg
 from harness.data.loaders import (
     augment_batch,
     center_crop,
+    center_crop_batches,
     cycled_batches,
     epoch_batches,
     load_batches,
@@ -19,6 +20,7 @@ __all__ = [
     "augment_batch",
     "budget_key",
     "center_crop",
+    "center_crop_batches",
     "cycled_batches",
     "draw_split",
     "epoch_batches",

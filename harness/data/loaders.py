@@ -90,6 +90,24 @@ def load_batches(
     yield from loader
 
 
+def center_crop_batches(
+    images: ImageSet,
+    indices: np.ndarray,
+    batch_size: int,
+    resize: int,
+    crop: int,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    device: torch.device | None = None,
+    num_workers: int = 0,
+) -> Iterator[torch.Tensor]:
+    """Normalized center crops of ``indices``, in order, batch by batch (on ``device``)."""
+    batches = epoch_batches(indices, batch_size, shuffle=False)
+    for x, _ in load_batches(images, batches, resize, num_workers):
+        x = x if device is None else x.to(device)
+        yield normalize(center_crop(x, crop), mean, std)
+
+
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 [B, C, H, W] -> float, per-channel standardized (mean/std in [0, 1] units)."""
     return (images.float().div_(255.0) - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
