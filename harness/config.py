@@ -98,6 +98,18 @@ class EvalConfig:
 
 
 @dataclass
+class ReportConfig:
+    """How ``python -m harness.report`` turns run records into tables (never a run's id)."""
+
+    # "final" val single-crop error = median of the last k evaluations in history.csv
+    # (never the best over training: that would select on the val set)
+    last_k: int = 3
+    alpha: float = 0.05  # significance level of the table's marks, after Holm's correction
+    resamples: int = 10000  # paired bootstrap resamples for the CIs in stats.csv
+    plots: bool = True  # seaborn figures (PNG + PDF) beside the tables
+
+
+@dataclass
 class SuiteConfig:
     """Every key a suite file or a ``key=value`` override may set."""
 
@@ -113,6 +125,7 @@ class SuiteConfig:
     schedule: dict[str, StageSchedule] = field(default_factory=dict)
     eval: EvalConfig = field(default_factory=EvalConfig)
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     device: str = "cpu"  # cpu | cuda | auto; cuda turns on AMP and channels_last
     threads: int = 0  # torch intra-op threads on CPU; 0 keeps torch's default
     launcher: str = "inprocess"
@@ -132,6 +145,7 @@ EXECUTION_KEYS = (
     "launcher",
     "results",
     "progress",
+    "report",
 )
 EXECUTION_DATA_KEYS = ("num_workers",)
 # Sections that only some methods read: in a run id only if its method declares them.
@@ -257,6 +271,8 @@ def _check_values(cfg: DictConfig) -> None:
         "optim.unlabeled_batch_size": cfg.optim.unlabeled_batch_size,
         "eval.batch_size": cfg.eval.batch_size,
         "eval.every": cfg.eval.every,
+        "report.last_k": cfg.report.last_k,
+        "report.resamples": cfg.report.resamples,
     }
     for key, value in positive.items():
         if value < 1:
@@ -296,6 +312,8 @@ def _check_values(cfg: DictConfig) -> None:
         raise UsageError(f"model.pretrained={cfg.model.pretrained!r} is not a file")
     if any(not w >= 0 for w in cfg.decoding.weights):  # `not >=` also catches nan
         raise UsageError(f"decoding.weights must all be >= 0, got {list(cfg.decoding.weights)}")
+    if not 0 < cfg.report.alpha < 1:
+        raise UsageError(f"report.alpha must lie in (0, 1), got {cfg.report.alpha}")
     if cfg.decoding.samples < 0:
         raise UsageError(f"decoding.samples must be >= 0, got {cfg.decoding.samples}")
 

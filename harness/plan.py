@@ -56,26 +56,48 @@ def run_id(payload: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+@dataclass(frozen=True)
+class _MethodInfo:
+    """What the plan needs of a method; the same for all its runs in one config."""
+
+    stages: tuple
+    config: dict
+
+
+def _method_info(cfg: DictConfig, name: str, methods: dict[str, _MethodInfo]) -> _MethodInfo:
+    # computed once per method: run_relevant copies the whole config, which at
+    # 10,000 runs would dominate planning
+    if name not in methods:
+        method = get_method(name)(cfg)
+        stages = tuple(method.stages())
+        stage_names = [stage.name for stage in stages]
+        missing = [s for s in stage_names if s not in cfg.schedule]
+        if missing:
+            raise UsageError(
+                f"method {name!r} needs schedule.{missing[0]}.epochs/lr in suite "
+                f"{cfg.suite!r}; the suite's schedule has: "
+                f"{', '.join(cfg.schedule) or '(none)'}"
+            )
+        methods[name] = _MethodInfo(stages, run_relevant(cfg, stage_names, method.config_sections))
+    return methods[name]
+
+
 def _run_spec(
-    cfg: DictConfig, name: str, labels: str, seed: int, known: dict[str, RunSpec]
+    cfg: DictConfig,
+    name: str,
+    labels: str,
+    seed: int,
+    known: dict[str, RunSpec],
+    methods: dict[str, _MethodInfo],
 ) -> RunSpec:
     """The run of method ``name``; the runs it starts from are added to ``known``."""
-    method = get_method(name)(cfg)
-    stages = method.stages()
-    stage_names = [stage.name for stage in stages]
-    missing = [s for s in stage_names if s not in cfg.schedule]
-    if missing:
-        raise UsageError(
-            f"method {name!r} needs schedule.{missing[0]}.epochs/lr in suite "
-            f"{cfg.suite!r}; the suite's schedule has: "
-            f"{', '.join(cfg.schedule) or '(none)'}"
-        )
+    info = _method_info(cfg, name, methods)
     reuses = []
-    for stage in stages:
+    for stage in info.stages:
         if stage.starts_from is None or (stage.initializes and cfg.model.pretrained):
             continue
-        source = _run_spec(cfg, stage.starts_from, labels, seed, known)
-        if stage.name not in [s.name for s in get_method(source.method)(cfg).stages()]:
+        source = _run_spec(cfg, stage.starts_from, labels, seed, known, methods)
+        if stage.name not in [s.name for s in methods[source.method].stages]:
             raise ValueError(
                 f"{name}: stage {stage.name!r} starts from {source.method!r}, "
                 "which has no such stage"
@@ -88,7 +110,7 @@ def _run_spec(
         "split_seed": seed,
         "train_seed": seed,
         "reuses": reuses,
-        "config": run_relevant(cfg, stage_names, method.config_sections),
+        "config": info.config,
     }
     spec = RunSpec(cfg.suite, name, labels, seed, seed, run_id(payload), tuple(reuses))
     known[spec.run_id] = spec
@@ -106,8 +128,9 @@ def make_plan(cfg: DictConfig) -> list[RunSpec]:
     if len(set(budgets)) != len(budgets):
         raise UsageError(f"labels lists a budget twice: {budgets}")
     known: dict[str, RunSpec] = {}
+    methods: dict[str, _MethodInfo] = {}
     asked = [
-        _run_spec(cfg, name, labels, seed, known)
+        _run_spec(cfg, name, labels, seed, known, methods)
         for name in resolve_methods(cfg.methods)
         for labels in budgets
         for seed in cfg.seeds

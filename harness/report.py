@@ -1,76 +1,252 @@
-"""Read run records into a DataFrame and format the error table.
+"""``python -m harness.report [suite=NAME] [key=value ...]``: tables, tests and plots.
 
-The report reads only the store (``config.yaml`` + ``metrics.json`` of each run
-folder), never logs, and imports nothing from training.
+Reads the run records of the suite's plan (the same keys as ``harness.run``
+give the same runs; ``methods=`` chooses the rows) and writes
+``results/<suite>/report/``: ``table.md`` and ``table.tex`` (the paper's error
+table with significance marks), ``stats.csv`` (every method against the
+baseline), the figures (PNG + PDF) and ``summary.md``. ``harness.run`` calls it
+when its runs are done. Only the store is read (``harness/report_data.py``);
+nothing here imports training code.
 """
 
 from __future__ import annotations
 
-import json
+import io
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import yaml
+from omegaconf import DictConfig
 
-# (metrics.json key, column title), in the paper's table order
-ERROR_COLUMNS = (
-    ("top1_train", "top-1 train"),
-    ("top1_val", "top-1 val"),
-    ("top5_train", "top-5 train"),
-    ("top5_val", "top-5 val"),
-    ("dense_top1_val", "dense top-1 val"),
-    ("dense_top5_val", "dense top-5 val"),
+from harness.config import load_config
+from harness.errors import UsageError
+from harness.plan import RunSpec, make_plan
+from harness.report_data import ERROR_COLUMNS, final_errors, load_runs
+from harness.report_stats import BASELINE, compare
+from harness.report_tables import (
+    caption,
+    fmt_p,
+    render_latex,
+    render_markdown,
+    table_blocks,
 )
+from harness.store import atomic_write_if_changed
+
+SUMMARY_METRIC = "top1_val"
 
 
-def read_runs(suite_dir: Path) -> pd.DataFrame:
-    """One row per run folder: its plan fields, status and (if done) its metrics."""
-    rows = []
-    for config_file in sorted(suite_dir.glob("*/config.yaml")):
-        folder = config_file.parent
-        try:
-            run = yaml.safe_load(config_file.read_text())["run"]
-        except (OSError, yaml.YAMLError, KeyError, TypeError):
-            continue  # a record being written; the next read sees it whole
-        row = {key: run[key] for key in ("run_id", "method", "labels", "split_seed", "train_seed")}
-        metrics_file = folder / "metrics.json"
-        row["status"] = "done" if metrics_file.is_file() else "incomplete"
-        if row["status"] == "done":
-            row |= json.loads(metrics_file.read_text())
-        rows.append(row)
-    return pd.DataFrame(rows)
+@dataclass(frozen=True)
+class Report:
+    folder: Path
+    table_md: str
+    recon_md: str | None
+    runs: pd.DataFrame
+    comparisons: pd.DataFrame
 
 
-def error_table(runs: pd.DataFrame, methods: list[str]) -> str:
-    """Markdown: method rows per label budget, mean ± std over seeds of each error (%)."""
-    return _mean_std_table(runs, methods, list(ERROR_COLUMNS), ".2f")
+def build_report(cfg: DictConfig, plan: list[RunSpec]) -> Report:
+    """Read the plan's records and write every report file (only those that changed)."""
+    suite_dir = Path(cfg.results) / cfg.suite
+    out = suite_dir / "report"
+    runs, history = load_runs(suite_dir, plan, cache_dir=out)
+    runs = final_errors(runs, history, cfg.report.last_k)
+    methods = list(dict.fromkeys(spec.method for spec in plan))
+    comparisons = compare(runs, methods, resamples=cfg.report.resamples)
+    compared = len([m for m in methods if m != BASELINE])
+    text = caption(cfg.suite, cfg.report.last_k, cfg.report.alpha, compared)
+    blocks = table_blocks(runs, comparisons, methods, cfg.report.alpha)
+    table_md = render_markdown(blocks, text)
+    recon_md = recon_table(runs, methods)
+    _write(out / "table.md", table_md)
+    _write(out / "table.tex", render_latex(blocks, text, f"tab:{cfg.suite}-errors"))
+    buffer = io.StringIO()
+    comparisons.to_csv(buffer, index=False, float_format="%.6g")
+    _write(out / "stats.csv", buffer.getvalue())
+    figures: list[Path] = []
+    if cfg.report.plots:
+        from harness.report_plots import all_plots  # matplotlib is slow to import
+
+        figures = all_plots(runs, history, suite_dir, methods, out)
+    _write(out / "summary.md", summary(cfg, runs, comparisons, methods, recon_md, figures))
+    return Report(out, table_md, recon_md, runs, comparisons)
+
+
+def _write(path: Path, text: str) -> None:
+    atomic_write_if_changed(path, text.encode())
 
 
 def recon_table(runs: pd.DataFrame, methods: list[str]) -> str | None:
     """Markdown: the decoders' relative reconstruction error on val per level (lower
-    is better; 1.0 = predicting zeros), mean ± std over seeds; None if no run has one."""
+    is better; 1.0 = predicting zeros), mean ± std over done seeds; None if none has one."""
     columns = sorted(c for c in runs.columns if c.startswith("recon_rel_"))
-    if not columns:
+    done = runs[runs["status"] == "done"]
+    if not columns or done[columns].isna().all().all():
         return None
-    titled = [(c, c.removeprefix("recon_rel_").replace("_", " ")) for c in columns]
-    return _mean_std_table(runs, methods, titled, ".4f")
-
-
-def _mean_std_table(
-    runs: pd.DataFrame, methods: list[str], columns: list[tuple[str, str]], fmt: str
-) -> str:
-    done = runs[runs["status"] == "done"] if len(runs) else runs
-    header = ["labels", "method", "seeds"] + [title for _, title in columns]
-    table = []
-    for labels in sorted(done["labels"].unique(), key=float) if len(done) else []:
+    header = ["labels", "method", "seeds"] + [c.removeprefix("recon_rel_") for c in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "--|" * len(header)]
+    for labels in runs["labels"].unique():
         for method in methods:
             group = done[(done["labels"] == labels) & (done["method"] == method)]
-            if group.empty or group[columns[0][0]].isna().all():
+            if group.empty or group[columns].isna().all().all():
                 continue
             cells = [labels, method, str(len(group))]
-            for key, _ in columns:
-                values = group[key].astype(float)
+            for column in columns:
+                values = group[column].astype(float)
                 std = values.std(ddof=1) if len(values) > 1 else 0.0
-                cells.append(f"{values.mean():{fmt}} ± {std:{fmt}}")
-            table.append(cells)
-    return pd.DataFrame(table, columns=header).to_markdown(index=False)
+                cells.append(f"{values.mean():.4f} ± {std:.4f}")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summary(
+    cfg: DictConfig,
+    runs: pd.DataFrame,
+    comparisons: pd.DataFrame,
+    methods: list[str],
+    recon_md: str | None,
+    figures: list[Path],
+) -> str:
+    """summary.md: which methods beat the baseline where, by how much, how sure."""
+    counts = runs["status"].value_counts()
+    state = ", ".join(
+        f"{counts.get(s, 0)} {s}" for s in ("done", "failed", "incomplete", "missing")
+    )
+    title = dict(ERROR_COLUMNS)[SUMMARY_METRIC]
+    lines = [
+        f"# {cfg.suite}: report",
+        "",
+        f"{len(runs)} runs planned: {state}.",
+        "",
+        f"Final errors: {title} is the median of the last {cfg.report.last_k} evaluations of "
+        "each run's final stage (never the best over training); the other columns are the "
+        "final model's. Tests pair each method with the baseline run of the same split and "
+        "seed; p-values are Holm-corrected across the methods compared "
+        f"(alpha = {cfg.report.alpha:g}). Full table: `table.md` / `table.tex`; every "
+        "test of every column: `stats.csv`.",
+        "",
+        f"## Against the baseline ({title} error)",
+        "",
+    ]
+    pooled = (
+        comparisons[(comparisons["seed"] == "all") & (comparisons["metric"] == SUMMARY_METRIC)]
+        if len(comparisons)
+        else pd.DataFrame()
+    )
+    if pooled.empty:
+        lines += ["No comparison: the baseline or a method has no complete set of seeds.", ""]
+    else:
+        lines += [
+            "difference = method − baseline in points (negative: fewer errors) with its 95% "
+            "paired bootstrap CI over val images; relative = difference / baseline error; "
+            "p = McNemar's exact test, pooled over seeds, Holm-corrected; seeds better = "
+            "seeds whose final error is below the baseline's.",
+            "",
+            "| labels | method | baseline | method | difference [95% CI] | relative | p (Holm) "
+            "| seeds better | verdict |",
+            "|--:|:--|--:|--:|:--|--:|--:|--:|:--|",
+        ]
+        for _, row in pooled.iterrows():
+            lines.append(
+                f"| {row['labels']} | {row['method']} | {row['baseline_error']:.2f} "
+                f"| {row['method_error']:.2f} | {row['difference']:+.2f} "
+                f"[{row['ci_low']:+.2f}, {row['ci_high']:+.2f}] "
+                f"| {_relative(row):+.1f}% | {fmt_p(row['mcnemar_p_holm'])} "
+                f"| {row['seeds_better']}/{row['seeds']} | {_verdict(row, cfg.report.alpha)} |"
+            )
+        lines += ["", "In words:", ""]
+        for labels in pooled["labels"].unique():
+            lines.append(f"- **{labels} labels**: " + _in_words(pooled, labels, cfg.report.alpha))
+        lines.append("")
+    missing = runs[runs["status"] != "done"]
+    if len(missing):
+        lines += [
+            "## Runs not done (their cells are marked, not averaged over fewer seeds)",
+            "",
+            "| method | labels | seed | status | run id | error |",
+            "|:--|--:|--:|:--|:--|:--|",
+        ]
+        for _, row in missing.iterrows():
+            error = str(row.get("error") or "").replace("|", "/").splitlines()
+            lines.append(
+                f"| {row['method']} | {row['labels']} | {row['seed']} | {row['status']} "
+                f"| {row['run_id']} | {error[0] if error else ''} |"
+            )
+        lines.append("")
+    if recon_md:
+        lines += [
+            "## Reconstruction (val; squared error / squared target, lower is better)",
+            "",
+            recon_md,
+            "",
+        ]
+    if figures:
+        lines += ["## Figures", ""]
+        lines += [f"- `{p.name}`" for p in figures if p.suffix == ".png"]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _relative(row: pd.Series) -> float:
+    base = row["baseline_error"]
+    return 100.0 * row["difference"] / base if base else float("nan")
+
+
+def _verdict(row: pd.Series, alpha: float) -> str:
+    if not row["mcnemar_p_holm"] < alpha:
+        return "no significant difference"
+    return "better" if row["difference"] < 0 else "worse"
+
+
+def _in_words(pooled: pd.DataFrame, labels: str, alpha: float) -> str:
+    rows = pooled[pooled["labels"] == labels]
+    parts = []
+    for verdict in ("better", "worse"):
+        chosen = [r for _, r in rows.iterrows() if _verdict(r, alpha) == verdict]
+        if chosen:
+            named = "; ".join(
+                f"{r['method']} ({r['difference']:+.2f} points, 95% CI "
+                f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}], {_relative(r):+.1f}% relative, "
+                f"p = {fmt_p(r['mcnemar_p_holm'])})"
+                for r in chosen
+            )
+            parts.append(f"{verdict} than the baseline: {named}")
+    rest = [r["method"] for _, r in rows.iterrows() if _verdict(r, alpha).startswith("no")]
+    if rest:
+        parts.append("no significant difference: " + ", ".join(rest))
+    return ". ".join(parts) + "."
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        cfg = load_config(argv)
+        plan = make_plan(cfg)
+        suite_dir = Path(cfg.results) / cfg.suite
+        if not any((suite_dir / spec.run_id).is_dir() for spec in plan):
+            raise UsageError(
+                f"no run records of suite {cfg.suite!r} under {suite_dir} for these settings "
+                f"({len(plan)} runs planned); run `python -m harness.run` with the same "
+                "arguments first"
+            )
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    report = build_report(cfg, plan)
+    print_report(cfg, report)
+    return 0
+
+
+def print_report(cfg: DictConfig, report: Report) -> None:
+    print(f"## {cfg.suite}: error (%)\n")
+    print(report.table_md)
+    if report.recon_md:
+        print(f"## {cfg.suite}: relative reconstruction error on val, mean ± std over seeds\n")
+        print(report.recon_md)
+    print(
+        f"\nreport: {report.folder}/ (table.md, table.tex, stats.csv, summary.md)", file=sys.stderr
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,7 +4,7 @@ Everything that can be wrong with the input is checked first (config, method
 names, dataset files, label budgets, stored splits, the model against the image
 size); a problem is one line on stderr and exit status 2, with nothing written
 under the results root. Then the launcher runs what is not done yet, and the
-error table of the plan's runs is printed.
+report (``harness.report``) of the plan's runs is written and its table printed.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from harness.launchers import LAUNCHERS
 from harness.method import get_method
 from harness.models import build_encoder
 from harness.plan import RunSpec, make_plan
-from harness.report import error_table, read_runs, recon_table
+from harness.report import build_report, print_report
 
 
 def validate(argv: list[str]) -> tuple[DictConfig, list[RunSpec]]:
@@ -79,17 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     done = sum((suite_dir / spec.run_id / "metrics.json").is_file() for spec in plan)
     print(f"suite {cfg.suite}: {len(plan)} runs planned, {done} already done", file=sys.stderr)
     LAUNCHERS[cfg.launcher](plan, cfg)
-    runs = read_runs(suite_dir)
-    ids = {spec.run_id for spec in plan}
-    runs = runs[runs["run_id"].isin(ids)]
-    methods = list(dict.fromkeys(spec.method for spec in plan))
-    print(f"\n## {cfg.suite}: error (%), mean ± std over seeds\n")
-    print(error_table(runs, methods))
-    recon = recon_table(runs, methods)
-    if recon is not None:
-        print(f"\n## {cfg.suite}: relative reconstruction error on val, mean ± std over seeds\n")
-        print(recon)
-    print(f"\nrun records: {suite_dir}/<run_id>/", file=sys.stderr)
+    print_report(cfg, build_report(cfg, plan))
+    print(f"run records: {suite_dir}/<run_id>/", file=sys.stderr)
     return 0
 
 

@@ -3,8 +3,10 @@
 ``results/<suite>/<run_id>/`` holds ``config.yaml``, ``history.csv`` (one row
 per epoch), ``checkpoint.pt`` (latest; model, optimizer, scheduler, RNG
 states), ``stage-<name>.pt`` (model weights at the end of each stage, for runs
-that start from another run's stage), ``predictions.npz`` (per-example top-k on
-val) and ``metrics.json``, written last: a run with ``metrics.json`` is done.
+that start from another run's stage), ``predictions.npz`` (per-example top-k of
+every error column, for paired tests) and ``metrics.json``, written last: a run
+with ``metrics.json`` is done. A run that raised leaves ``failed.json`` (the
+error) until a later attempt finishes it.
 Every file is written to a temp file in the same folder and renamed into place,
 so a killed process never leaves a half file that a later read takes as whole.
 """
@@ -50,6 +52,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def atomic_write_if_changed(path: Path, data: bytes) -> bool:
+    """``atomic_write_bytes`` unless ``path`` already holds ``data`` (its mtime then
+    stays, so rerunning a finished job changes no file); True if it wrote."""
+    try:
+        if path.read_bytes() == data:
+            return False
+    except OSError:
+        pass
+    atomic_write_bytes(path, data)
+    return True
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
@@ -71,6 +85,7 @@ class RunRecord:
     history_file = property(lambda self: self.path / "history.csv")
     checkpoint_file = property(lambda self: self.path / "checkpoint.pt")
     predictions_file = property(lambda self: self.path / "predictions.npz")
+    failure_file = property(lambda self: self.path / "failed.json")
 
     def is_done(self) -> bool:
         return self.metrics_file.is_file()
@@ -104,16 +119,32 @@ class RunRecord:
         writer.writerows(rows)
         atomic_write_text(self.history_file, buffer.getvalue())
 
-    def write_predictions(self, topk: np.ndarray, targets: np.ndarray, indices: np.ndarray) -> None:
+    def write_predictions(self, arrays: dict[str, np.ndarray]) -> None:
+        """Per-example predictions, one array per name (see ``train.final_metrics``)."""
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, topk=topk, targets=targets, indices=indices)
+        np.savez_compressed(buffer, **arrays)
         atomic_write_bytes(self.predictions_file, buffer.getvalue())
+
+    def write_failure(self, error: BaseException, trace: str) -> None:
+        text = json.dumps({"error": f"{type(error).__name__}: {error}", "traceback": trace})
+        atomic_write_text(self.failure_file, text + "\n")
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         atomic_write_text(self.metrics_file, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        self.failure_file.unlink(missing_ok=True)  # an earlier attempt's error no longer holds
 
     def read_metrics(self) -> dict[str, Any]:
         return json.loads(self.metrics_file.read_text())
+
+
+def topk_key(part: str, dense: bool) -> str:
+    """The ``predictions.npz`` array of one evaluation: [images, k] classes, best first."""
+    return f"{part}_dense_topk" if dense else f"{part}_topk"
+
+
+def targets_key(part: str) -> str:
+    """The ``predictions.npz`` array of a part's true classes, in the same image order."""
+    return f"{part}_targets"
 
 
 def run_record(results_root: str | Path, suite: str, run_id: str) -> RunRecord:

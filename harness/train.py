@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+import traceback
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from harness.method import Batch, Method, Stage, get_method
 from harness.models import VGG, build_encoder
 from harness.plan import RunSpec
 from harness.seeding import rng_state, seed_everything, set_rng_state, torch_generator
-from harness.store import RunRecord, atomic_torch_save, run_record
+from harness.store import RunRecord, atomic_torch_save, run_record, targets_key, topk_key
 
 CHECKPOINT_VERSION = 1
 
@@ -230,19 +231,26 @@ def evaluate_split(ctx: Context, classifier: VGG, part: str, dense: bool) -> np.
 
 
 def final_metrics(ctx: Context, classifier: VGG, record: RunRecord) -> dict[str, float]:
-    """Top-1/top-k error on train (the labeled subset) and val, single crop and dense."""
+    """Top-1/top-k error on train (the labeled subset) and val, single crop and dense.
+
+    Every evaluation's per-example top-k goes to ``predictions.npz`` with the
+    targets, so the report can pair a method with the baseline image by image.
+    """
     metrics: dict[str, float] = {}
-    val_targets = ctx.dataset.val.targets
-    train_targets = ctx.dataset.train.targets[ctx.split.labeled]
+    targets = {
+        "val": ctx.dataset.val.targets,
+        "train": ctx.dataset.train.targets[ctx.split.labeled],
+    }
+    arrays = {targets_key(part): targets[part] for part in ("train", "val")}
     for dense in (False, True):
         prefix = "dense_" if dense else ""
-        for part, targets in (("train", train_targets), ("val", val_targets)):
+        for part in ("train", "val"):
             topk = evaluate_split(ctx, classifier, part, dense)
-            top1, top5 = error_rates(topk, targets)
+            top1, top5 = error_rates(topk, targets[part])
             metrics[f"{prefix}top1_{part}"] = top1
             metrics[f"{prefix}top5_{part}"] = top5
-            if part == "val" and not dense:
-                record.write_predictions(topk, targets, np.arange(len(targets)))
+            arrays[topk_key(part, dense)] = topk
+    record.write_predictions(arrays)
     return metrics
 
 
@@ -261,10 +269,23 @@ def _checkpoint(model, method, stage_index, epoch, optimizer, scheduler, history
 
 
 def train_run(spec: RunSpec, cfg: DictConfig) -> dict[str, Any]:
-    """Run (or resume, or skip) one run and return its metrics."""
+    """Run (or resume, or skip) one run and return its metrics.
+
+    An exception is recorded in the run's ``failed.json`` (so the report marks
+    the run failed rather than missing) and raised again.
+    """
     record = run_record(cfg.results, spec.suite, spec.run_id)
     if record.is_done():
         return record.read_metrics()
+    try:
+        return _train_run(spec, cfg, record)
+    except Exception as error:  # an interrupt is not a failure: the run resumes
+        if record.path.is_dir():
+            record.write_failure(error, traceback.format_exc())
+        raise
+
+
+def _train_run(spec: RunSpec, cfg: DictConfig, record: RunRecord) -> dict[str, Any]:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)

@@ -309,7 +309,8 @@ def test_sigkill_in_the_joint_finetune_then_resume_equals_uninterrupted(decoding
     b = pd.read_csv(run / "history.csv").drop(columns="seconds")
     pd.testing.assert_frame_equal(a, b, check_exact=True)
     assert np.array_equal(
-        np.load(ref_folder / "predictions.npz")["topk"], np.load(run / "predictions.npz")["topk"]
+        np.load(ref_folder / "predictions.npz")["val_topk"],
+        np.load(run / "predictions.npz")["val_topk"],
     )
 
 

@@ -25,7 +25,7 @@ def test_default_suite_runs_end_to_end_and_a_rerun_does_nothing(results):
     first = run_cli(*FAST, f"results={results}")
     assert first.returncode == 0, first.stderr
     assert "| baseline |" in first.stdout and "top-1 val" in first.stdout
-    (record,) = results.glob("digits/*/")
+    (record,) = (config.parent for config in results.glob("digits/*/config.yaml"))
     for name in (
         "config.yaml",
         "metrics.json",
@@ -49,6 +49,10 @@ def test_default_suite_runs_end_to_end_and_a_rerun_does_nothing(results):
     ):
         assert 0 <= metrics[key] <= 100
     assert metrics["top1_val"] < 90  # learned something: chance is 90% error
+    report = results / "digits" / "report"  # harness.report ran at the end
+    for name in ("table.md", "table.tex", "stats.csv", "summary.md", "runs.parquet", "seeds.pdf"):
+        assert (report / name).is_file(), name
+    assert (report / "table.md").read_text() in first.stdout
     before = tree(results)
     second = run_cli(*FAST, f"results={results}")
     assert second.returncode == 0, second.stderr
@@ -59,7 +63,7 @@ def test_default_suite_runs_end_to_end_and_a_rerun_does_nothing(results):
 
 def test_resume_restores_history_rows_lost_between_checkpoint_and_csv(results):
     assert run_cli(*FAST, f"results={results}").returncode == 0
-    (record,) = results.glob("digits/*/")
+    (record,) = (config.parent for config in results.glob("digits/*/config.yaml"))
     full = (record / "history.csv").read_text()
     (record / "metrics.json").unlink()  # as if killed after the checkpoint, before the CSV
     (record / "history.csv").write_text("".join(full.splitlines(keepends=True)[:-1]))

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from harness.stats import across_seeds, holm, mcnemar_exact, paired_bootstrap_ci
+from harness.stats import across_seeds, holm, mcnemar_exact, mcnemar_p, paired_bootstrap_ci
 
 
 def pairs(both: int, only_baseline: int, only_method: int, neither: int):
@@ -32,6 +32,15 @@ def test_mcnemar_exact_matches_the_binomial_by_hand(b, c, expected):
     assert result.p_value == pytest.approx(expected, rel=1e-12)
 
 
+def test_mcnemar_textbook_example():
+    # Fagerland, Lydersen & Laake (2013), BMC Med. Res. Methodol. 13:91, Table 1:
+    # airway hyper-responsiveness before/after stem-cell transplantation, 21 patients,
+    # discordant pairs 1 and 7; they give the exact conditional p-value as 0.070
+    # (= 2 * 9/256 = 0.0703)
+    assert mcnemar_p(1, 7) == pytest.approx(0.0703, abs=5e-5)
+    assert mcnemar_exact(*pairs(1, 1, 7, 12)).p_value == mcnemar_p(1, 7)
+
+
 def test_mcnemar_ignores_concordant_pairs_and_checks_shapes():
     assert (
         mcnemar_exact(*pairs(10, 1, 9, 0)).p_value == mcnemar_exact(*pairs(500, 1, 9, 80)).p_value
@@ -41,17 +50,36 @@ def test_mcnemar_ignores_concordant_pairs_and_checks_shapes():
 
 
 def test_paired_bootstrap_ci_brackets_the_difference_and_is_seeded():
-    rng = np.random.default_rng(1)
-    baseline = rng.random(2000) < 0.30  # errors
-    method = baseline.copy()
-    flip = rng.choice(np.flatnonzero(baseline), 100, replace=False)
-    method[flip] = False  # the method fixes 100 of the baseline's errors: -5 points
-    diff, low, high = paired_bootstrap_ci(baseline, method, resamples=1000)
+    # the method fixes 100 of the baseline's 600 errors out of 2000: -5 points
+    diff, low, high = paired_bootstrap_ci(0, 100, 2000, resamples=1000)
     assert diff == pytest.approx(-5.0)
     assert low < diff < high < 0  # pairing makes this clear-cut
-    assert paired_bootstrap_ci(baseline, method, resamples=1000) == (diff, low, high)
-    same = paired_bootstrap_ci(baseline, baseline, resamples=200)
-    assert same == (0.0, 0.0, 0.0)
+    assert paired_bootstrap_ci(0, 100, 2000, resamples=1000) == (diff, low, high)
+    assert paired_bootstrap_ci(0, 0, 500, resamples=200) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="b \\+ c <= n"):
+        paired_bootstrap_ci(5, 6, 10)
+
+
+@pytest.mark.parametrize("b, c, n", [(40, 25, 600), (3, 11, 200), (120, 80, 5000)])
+def test_paired_bootstrap_ci_agrees_with_scipy_bootstrap_on_the_examples(b, c, n):
+    from scipy import stats
+
+    baseline, method = pairs(n // 2, b, c, n - n // 2 - b - c)
+    expanded = stats.bootstrap(
+        (~method, ~baseline),  # errors
+        lambda m, e, axis=-1: 100.0 * (m.mean(axis=axis) - e.mean(axis=axis)),
+        paired=True,
+        vectorized=True,
+        n_resamples=20000,
+        method="percentile",
+        rng=np.random.default_rng(3),
+    ).confidence_interval
+    diff, low, high = paired_bootstrap_ci(b, c, n, resamples=20000, seed=4)
+    assert diff == pytest.approx(100.0 * (b - c) / n)
+    # two Monte-Carlo estimates of the same percentiles: equal up to sampling noise
+    step = 100.0 / n  # the resampled difference moves in steps of 1/n
+    assert low == pytest.approx(expanded.low, abs=2 * step + 0.05 * (high - low))
+    assert high == pytest.approx(expanded.high, abs=2 * step + 0.05 * (high - low))
 
 
 def test_across_seeds_uses_wilcoxon_and_paired_t():

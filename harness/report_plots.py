@@ -1,0 +1,168 @@
+"""The report's figures (seaborn), each written as PNG and PDF.
+
+- ``error_vs_labels``: final top-1 val error against the number of labeled
+  images, one line per method, 95% CI over seeds.
+- ``seeds``: every seed's final top-1 val error as a point, per method, one
+  panel per label budget, with the mean and its 95% CI.
+- ``learning_curves``: top-1 val error over training epochs from history.csv,
+  mean and 95% CI over seeds, one panel per label budget.
+- ``recon_grids``: the ``samples.png`` of each method that reconstructs images
+  (val images over their reconstructions), one row per method.
+
+Files are written only when their bytes change (PDFs carry no creation date),
+so rerunning a finished suite leaves them untouched.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no screen: render to files only
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from harness.store import atomic_write_if_changed  # noqa: E402
+
+_METADATA = {"pdf": {"CreationDate": None}, "png": {}}
+
+
+def save_figure(fig: plt.Figure, out: Path, name: str) -> list[Path]:
+    written = []
+    for kind in ("png", "pdf"):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=kind, dpi=150, bbox_inches="tight", metadata=_METADATA[kind])
+        path = out / f"{name}.{kind}"
+        atomic_write_if_changed(path, buffer.getvalue())
+        written.append(path)
+    plt.close(fig)
+    return written
+
+
+def _budget_order(runs: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(runs["labels"]))
+
+
+def error_vs_labels(runs: pd.DataFrame, methods: list[str], out: Path) -> list[Path]:
+    done = runs[runs["status"] == "done"]
+    if done.empty or "labeled" not in done:
+        return []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sns.lineplot(
+        data=done,
+        x="labeled",
+        y="final_top1_val",
+        hue="method",
+        hue_order=[m for m in methods if m in set(done["method"])],
+        errorbar=("ci", 95),
+        marker="o",
+        seed=0,
+        ax=ax,
+    )
+    if done["labeled"].nunique() > 1 and done["labeled"].max() / done["labeled"].min() >= 10:
+        ax.set_xscale("log")
+    ax.set(xlabel="labeled images", ylabel="top-1 val error (%)")
+    ax.set_title("Final error vs labels (mean, 95% CI over seeds)")
+    return save_figure(fig, out, "error_vs_labels")
+
+
+def seeds(runs: pd.DataFrame, methods: list[str], out: Path) -> list[Path]:
+    done = runs[runs["status"] == "done"]
+    if done.empty:
+        return []
+    budgets = [b for b in _budget_order(runs) if b in set(done["labels"])]
+    order = [m for m in methods if m in set(done["method"])]
+    fig, axes = plt.subplots(
+        1, len(budgets), figsize=(1.2 + 0.9 * len(order) * len(budgets), 4), squeeze=False
+    )
+    saved = np.random.get_state()
+    np.random.seed(0)  # stripplot's jitter draws from numpy's global RNG: same figure each time
+    for ax, budget in zip(axes[0], budgets, strict=True):
+        data = done[done["labels"] == budget]
+        sns.stripplot(data=data, x="method", y="final_top1_val", order=order, ax=ax, alpha=0.6)
+        sns.pointplot(
+            data=data,
+            x="method",
+            y="final_top1_val",
+            order=order,
+            errorbar=("ci", 95),
+            seed=0,
+            color="black",
+            markers="_",
+            linestyles="none",
+            ax=ax,
+        )
+        ax.set(title=f"{budget} labels", xlabel="", ylabel="top-1 val error (%)")
+        ax.tick_params(axis="x", rotation=60)
+    np.random.set_state(saved)
+    return save_figure(fig, out, "seeds")
+
+
+def learning_curves(history: pd.DataFrame, methods: list[str], out: Path) -> list[Path]:
+    history = history.copy()
+    # epochs counted over the whole run (stages follow one another); rows are in run order
+    history["run_epoch"] = history.groupby("run_id").cumcount() + 1
+    evaluated = history.dropna(subset=["top1_val"])
+    if evaluated.empty:
+        return []
+    budgets = list(dict.fromkeys(evaluated["labels"]))
+    fig, axes = plt.subplots(1, len(budgets), figsize=(4.5 * len(budgets), 4), squeeze=False)
+    for ax, budget in zip(axes[0], budgets, strict=True):
+        data = evaluated[evaluated["labels"] == budget]
+        sns.lineplot(
+            data=data,
+            x="run_epoch",
+            y="top1_val",
+            hue="method",
+            hue_order=[m for m in methods if m in set(data["method"])],
+            errorbar=("ci", 95),
+            n_boot=200,
+            seed=0,
+            ax=ax,
+        )
+        ax.set(title=f"{budget} labels", xlabel="epoch (all stages)", ylabel="top-1 val error (%)")
+    return save_figure(fig, out, "learning_curves")
+
+
+def recon_grids(runs: pd.DataFrame, suite_dir: Path, methods: list[str], out: Path) -> list[Path]:
+    """One ``samples.png`` per method: the last listed budget's lowest done seed."""
+    chosen = []
+    budgets = {b: i for i, b in enumerate(_budget_order(runs))}
+    for method in methods:
+        group = runs[(runs["method"] == method) & (runs["status"] == "done")]
+        group = group.assign(budget=group["labels"].map(budgets))
+        for _, row in group.sort_values(["budget", "seed"], ascending=[False, True]).iterrows():
+            path = suite_dir / row["run_id"] / "samples.png"
+            if path.is_file():
+                chosen.append((f"{method} ({row['labels']} labels, seed {row['seed']})", path))
+                break
+    if not chosen:
+        return []
+    images = []
+    for title, path in chosen:
+        with Image.open(path) as image:
+            images.append((title, image.convert("RGB")))
+    fig, axes = plt.subplots(len(images), 1, figsize=(8, 1.9 * len(images)), squeeze=False)
+    for ax, (title, image) in zip(axes[:, 0], images, strict=True):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.suptitle("val images (top) over their reconstructions (bottom)")
+    return save_figure(fig, out, "recon_grids")
+
+
+def all_plots(
+    runs: pd.DataFrame, history: pd.DataFrame, suite_dir: Path, methods: list[str], out: Path
+) -> list[Path]:
+    sns.set_theme(style="whitegrid", context="paper")
+    return (
+        error_vs_labels(runs, methods, out)
+        + seeds(runs, methods, out)
+        + learning_curves(history, methods, out)
+        + recon_grids(runs, suite_dir, methods, out)
+    )

@@ -1,0 +1,185 @@
+"""The paper's error table as Markdown and LaTeX, built once as cells.
+
+Both renderings come from the same ``Block`` objects, so they show the same
+numbers by construction (and a test checks it). Layout as in the paper: method
+rows; top-1 and top-5 error on train and val with a single crop, then top-1 and
+top-5 val dense; one block per label budget; mean ± std over seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from harness.report_data import ERROR_COLUMNS
+
+MARK_MD = "†"
+MARK_TEX = r"\textsuperscript{\dag}"
+MISSING_MD = "—"
+MISSING_TEX = "---"
+
+
+@dataclass(frozen=True)
+class Cell:
+    mean: float | None  # None: not every planned seed is done
+    std: float | None
+    bold: bool = False
+    mark: bool = False  # differs significantly from the baseline
+
+
+@dataclass(frozen=True)
+class Row:
+    method: str
+    seeds: str  # "3", or "2/3 (1 failed)" when some are not done
+    cells: tuple[Cell, ...]
+
+
+@dataclass(frozen=True)
+class Block:
+    labels: str
+    rows: tuple[Row, ...]
+
+
+def seeds_text(statuses: pd.Series) -> str:
+    done = int((statuses == "done").sum())
+    if done == len(statuses):
+        return str(done)
+    counts = statuses[statuses != "done"].value_counts()
+    why = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    return f"{done}/{len(statuses)} ({why})"
+
+
+def table_blocks(
+    runs: pd.DataFrame, comparisons: pd.DataFrame, methods: list[str], alpha: float
+) -> list[Block]:
+    """The cells of the table: values, bold (lowest mean shown per column and block),
+    marks (pooled McNemar, Holm-corrected p < alpha)."""
+    significant = set()
+    if len(comparisons):
+        pooled = comparisons[comparisons["seed"] == "all"]
+        hit = pooled[pooled["mcnemar_p_holm"] < alpha]
+        significant = set(zip(hit["labels"], hit["method"], hit["metric"], strict=True))
+    blocks = []
+    for labels in runs["labels"].unique():
+        block = runs[runs["labels"] == labels]
+        values: dict[str, list[tuple[float, float] | None]] = {}
+        for method in methods:
+            group = block[block["method"] == method]
+            if group.empty:
+                continue
+            complete = bool((group["status"] == "done").all())
+            values[method] = [
+                _mean_std(group[f"final_{key}"]) if complete else None for key, _ in ERROR_COLUMNS
+            ]
+        best = []
+        for i in range(len(ERROR_COLUMNS)):
+            shown = [round(v[i][0], 2) for v in values.values() if v[i] is not None]
+            best.append(min(shown) if shown else None)
+        rows = []
+        for method, cells in values.items():
+            group = block[block["method"] == method]
+            row_cells = []
+            for i, (key, _) in enumerate(ERROR_COLUMNS):
+                if cells[i] is None:
+                    row_cells.append(Cell(None, None))
+                    continue
+                mean, std = cells[i]
+                row_cells.append(
+                    Cell(
+                        mean,
+                        std,
+                        bold=len(values) > 1 and round(mean, 2) == best[i],
+                        mark=(labels, method, key) in significant,
+                    )
+                )
+            rows.append(Row(method, seeds_text(group["status"]), tuple(row_cells)))
+        blocks.append(Block(labels, tuple(rows)))
+    return blocks
+
+
+def _mean_std(values: pd.Series) -> tuple[float, float]:
+    values = values.astype(float)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def caption(suite: str, last_k: int, alpha: float, compared: int) -> str:
+    return (
+        f"Error (%) on {suite}'s val set, mean ± std over seeds, one block per label budget. "
+        f"Val single-crop errors are the median of the last {last_k} evaluations of the final "
+        "stage; the other columns are the final model's. Bold: the lowest mean per column "
+        f"and budget. {MARK_MD}: differs from the baseline at p < {alpha:g} by McNemar's exact "
+        "test on the final models' per-example predictions, pooled over seeds, "
+        f"Holm-corrected across the {compared} method(s) compared per column and budget. "
+        f"{MISSING_MD}: not every planned seed is done (the seeds column says why)."
+    )
+
+
+def _cell_text(cell: Cell, pm: str, bold: str, mark: str, missing: str) -> str:
+    """One cell in either syntax: ``bold`` is a format with one ``{}``."""
+    if cell.mean is None or cell.std is None:
+        return missing
+    text = f"{cell.mean:.2f}{pm}{cell.std:.2f}"
+    return (bold.format(text) if cell.bold else text) + (mark if cell.mark else "")
+
+
+def render_markdown(blocks: list[Block], caption_text: str) -> str:
+    header = ["method", "seeds"] + [title for _, title in ERROR_COLUMNS]
+    lines = [caption_text, ""]
+    for block in blocks:
+        lines += [f"### {block.labels} labels", ""]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|:--|--:|" + "--:|" * len(ERROR_COLUMNS))
+        for row in block.rows:
+            cells = [_cell_text(c, " ± ", "**{}**", MARK_MD, MISSING_MD) for c in row.cells]
+            lines.append("| " + " | ".join([row.method, row.seeds, *cells]) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _tex_escape(text: str) -> str:
+    for char, escaped in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&")):
+        text = text.replace(char, escaped)
+    for char in "#$":
+        text = text.replace(char, "\\" + char)
+    return text.replace("±", r"$\pm$").replace("†", r"\dag{}")
+
+
+def render_latex(blocks: list[Block], caption_text: str, label: str) -> str:
+    """A ``table`` environment; needs ``\\usepackage{booktabs}`` in the preamble."""
+    width = 2 + len(ERROR_COLUMNS)
+    lines = [
+        "% generated by python -m harness.report; needs \\usepackage{booktabs}",
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        r"\setlength{\tabcolsep}{4pt}",
+        rf"\caption{{{_tex_escape(caption_text)}}}",
+        rf"\label{{{label}}}",
+        r"\begin{tabular}{l r " + "c" * len(ERROR_COLUMNS) + "}",
+        r"\toprule",
+        r" & & \multicolumn{4}{c}{single crop} & \multicolumn{2}{c}{dense} \\",
+        r"\cmidrule(lr){3-6} \cmidrule(lr){7-8}",
+        r"method & seeds & top-1 train & top-1 val & top-5 train & top-5 val "
+        r"& top-1 val & top-5 val \\",
+    ]
+    for block in blocks:
+        lines.append(r"\midrule")
+        lines.append(rf"\multicolumn{{{width}}}{{l}}{{\textit{{{block.labels} labels}}}} \\")
+        for row in block.rows:
+            cells = [
+                _cell_text(c, r" $\pm$ ", r"\textbf{{{}}}", MARK_TEX, MISSING_TEX)
+                for c in row.cells
+            ]
+            lines.append(
+                " & ".join([_tex_escape(row.method), _tex_escape(row.seeds), *cells]) + r" \\"
+            )
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+def fmt_p(p: float) -> str:
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "n/a"
+    return f"{p:.2g}" if p >= 1e-4 else "<1e-4"

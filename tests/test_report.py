@@ -1,0 +1,301 @@
+"""The report on fabricated run records whose answer is known.
+
+The records are written through ``RunRecord`` exactly as the trainer writes
+them; the per-example predictions are built so that one method fixes a tenth of
+the baseline's val errors (a clear winner) and another is the baseline with as
+many errors swapped in as out (no difference).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness import report_data
+from harness.config import load_config
+from harness.plan import make_plan
+from harness.report import build_report
+from harness.report_data import load_runs
+from harness.store import RunRecord
+from tests.conftest import REPO, run_cli
+
+VAL, CLASSES = 3000, 10
+METHODS = ["baseline", "sae_first", "swwae_all"]
+ARGS = [f"methods=[{','.join(METHODS[1:])}]", "labels=[100,500]", "seeds=[0,1,2]"]
+
+
+def predictions(hits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """A top-5 array whose first guess is right exactly where ``hits`` (top-5 = top-1)."""
+    wrong = (targets + 1) % CLASSES
+    first = np.where(hits, targets, wrong)
+    rest = [(targets + i) % CLASSES for i in range(2, 6)]
+    return np.stack([first, *rest], axis=1).astype(np.int16)
+
+
+def correct(method: str, seed: int, n: int, salt: int) -> np.ndarray:
+    rng = np.random.default_rng([seed, salt])
+    base = rng.random(n) < 0.7  # the baseline: 30% error
+    if method == "swwae_all":  # fixes a tenth of the baseline's errors: ~ -3 points
+        return base | (rng.random(n) < 0.1)
+    if method == "sae_first":  # as many errors swapped in as out (40 of 3000): same error
+        out, swapped = base.copy(), n // 75
+        out[rng.choice(np.flatnonzero(base), swapped, replace=False)] = False
+        out[rng.choice(np.flatnonzero(~base), swapped, replace=False)] = True
+        return out
+    return base
+
+
+def fabricate(spec, results) -> RunRecord:
+    """One done run record: predictions, metrics and a history with known evaluations."""
+    record = RunRecord(results / spec.suite / spec.run_id)
+    record.write_config({"run": {"run_id": spec.run_id, "method": spec.method}})
+    targets = {
+        "val": np.random.default_rng(99).integers(0, CLASSES, VAL),
+        "train": np.random.default_rng(int(spec.labels)).integers(0, CLASSES, int(spec.labels)),
+    }
+    arrays, metrics = {}, {}
+    for part, salt in (("train", 1), ("val", 2)):
+        for dense in (False, True):
+            hits = correct(spec.method, spec.split_seed, len(targets[part]), salt + 10 * dense)
+            prefix = "dense_" if dense else ""
+            arrays[f"{part}_{prefix}topk"] = predictions(hits, targets[part])
+            error = 100.0 * (1 - hits.mean())
+            metrics[f"{prefix}top1_{part}"] = metrics[f"{prefix}top5_{part}"] = error
+        arrays[f"{part}_targets"] = targets[part]
+    metrics["labeled"] = int(spec.labels)
+    record.write_predictions(arrays)
+    final = metrics["top1_val"]
+    # a "best" early evaluation far below the end: never the reported value
+    record.write_history(
+        [{"stage": "pretrain", "epoch": 1, "top1_val": 1.0, "top5_val": 1.0}]
+        + [
+            {"stage": "finetune", "epoch": e, "top1_val": v, "top5_val": v}
+            for e, v in enumerate([final + 9, final + 4, final + 2, final], start=1)
+        ]
+    )
+    record.write_metrics(metrics)
+    return record
+
+
+@pytest.fixture
+def suite(tmp_path):
+    """(config, plan) of 18 fabricated done runs under tmp_path/results."""
+    results = tmp_path / "results"
+    cfg = load_config([*ARGS, f"results={results}", "report.plots=false"])
+    plan = make_plan(cfg)
+    for spec in plan:
+        fabricate(spec, results)
+    return cfg, plan
+
+
+def pooled(report, method, labels="500", metric="top1_val"):
+    stats = report.comparisons
+    rows = stats[
+        (stats["method"] == method)
+        & (stats["labels"] == labels)
+        & (stats["metric"] == metric)
+        & (stats["seed"] == "all")
+    ]
+    assert len(rows) == 1
+    return rows.iloc[0]
+
+
+def table_row(markdown: str, labels: str, method: str) -> list[str]:
+    block = markdown.split(f"### {labels} labels")[1].split("###")[0]
+    (line,) = [row for row in block.splitlines() if row.startswith(f"| {method} |")]
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_a_known_winner_is_marked_and_a_non_difference_is_not(suite):
+    cfg, plan = suite
+    report = build_report(cfg, plan)
+    winner, same = pooled(report, "swwae_all"), pooled(report, "sae_first")
+    assert winner["difference"] < -2 and winner["ci_high"] < 0
+    assert winner["mcnemar_p_holm"] < 1e-6 and winner["seeds_better"] == 3
+    assert winner["pairs"] == 3 * VAL  # the three seeds pooled
+    assert winner["only_baseline_right"] == 0  # it only fixes errors
+    assert (
+        same["difference"] == 0 and same["only_baseline_right"] == same["only_method_right"] == 120
+    )
+    assert same["mcnemar_p"] == 1.0 and same["ci_low"] < 0 < same["ci_high"]
+    # Holm over two methods: the smaller p doubles
+    assert winner["mcnemar_p_holm"] == pytest.approx(min(1.0, 2 * winner["mcnemar_p"]))
+    per_seed = report.comparisons[
+        (report.comparisons["seed"] != "all") & (report.comparisons["metric"] == "top1_val")
+    ]
+    assert len(per_seed) == 2 * 2 * 3  # methods x budgets x seeds
+    row = table_row(report.table_md, "500", "swwae_all")
+    # columns: method, seeds, top-1 train, top-1 val, top-5 train, top-5 val, dense x2
+    assert row[1] == "3"
+    assert all(cell.endswith("†") and cell.startswith("**") for cell in row[2:])
+    assert not any("†" in cell for cell in table_row(report.table_md, "500", "sae_first"))
+    assert "†" not in "".join(table_row(report.table_md, "500", "baseline"))
+    summary = (report.folder / "summary.md").read_text()
+    assert re.search(r"\*\*500 labels\*\*: better than the baseline: swwae_all \(-\d", summary)
+    assert "no significant difference: sae_first" in summary
+    stats_csv = pd.read_csv(report.folder / "stats.csv")
+    assert len(stats_csv) == len(report.comparisons)
+
+
+def test_final_error_is_the_median_of_the_last_k_evaluations_never_the_best(suite):
+    cfg, plan = suite
+    runs = build_report(cfg, plan).runs
+    # finetune evaluations: final + 4, final + 2, final; k = 3: the median is final + 2
+    assert np.allclose(runs["final_top1_val"], runs["top1_val"] + 2)
+    assert (runs["final_evals"] == 3).all()
+    one = build_report(load_config([*ARGS, f"results={cfg.results}", "report.last_k=1"]), plan)
+    assert np.allclose(one.runs["final_top1_val"], one.runs["top1_val"])
+    five = build_report(load_config([*ARGS, f"results={cfg.results}", "report.last_k=5"]), plan)
+    # only the final stage counts: four finetune evaluations, median (final + 3)
+    assert np.allclose(five.runs["final_top1_val"], five.runs["top1_val"] + 3)
+    assert (five.runs["final_top1_val"] > 1.0).all()  # the early "best" 1.0 never wins
+
+
+def numbers(text: str) -> list[str]:
+    return re.findall(r"\d+\.\d\d", text)
+
+
+def test_markdown_and_latex_show_the_same_numbers_marks_and_bold(suite):
+    cfg, plan = suite
+    report = build_report(cfg, plan)
+    tex = (report.folder / "table.tex").read_text()
+    md_rows = [r for r in report.table_md.splitlines() if r.startswith("| ") and "---" not in r]
+    md_rows = [r for r in md_rows if not r.startswith("| method")]
+    tex_rows = [r for r in tex.splitlines() if r.endswith(r"\\") and "$\\pm$" in r]
+    assert len(md_rows) == len(tex_rows) == 2 * 3
+    for md, latex in zip(md_rows, tex_rows, strict=True):
+        assert numbers(md) == numbers(latex) and numbers(md)
+        assert md.count("†") == latex.count(r"\dag")
+        assert md.count("**") == 2 * latex.count(r"\textbf")
+    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
+    assert "McNemar" in tex and "Holm" in tex  # the test is named in the caption
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed")
+def test_latex_table_compiles_with_pdflatex(suite, tmp_path):
+    cfg, plan = suite
+    report = build_report(cfg, plan)
+    document = tmp_path / "paper.tex"
+    document.write_text(
+        "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+        f"\\input{{{report.folder / 'table.tex'}}}\n\\end{{document}}\n"
+    )
+    done = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", document.name],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert (tmp_path / "paper.pdf").stat().st_size > 1000
+
+
+def test_missing_and_failed_runs_are_marked_not_averaged_over_fewer_seeds(suite):
+    cfg, plan = suite
+    results = cfg.results
+    by_key = {(s.method, s.labels, s.train_seed): s for s in plan}
+    shutil.rmtree(f"{results}/digits/{by_key['swwae_all', '100', 1].run_id}")
+    failed = RunRecord(Path(results) / "digits" / by_key["sae_first", "500", 2].run_id)
+    failed.metrics_file.unlink()
+    failed.write_failure(RuntimeError("CUDA out of memory"), "Traceback ...")
+    report = build_report(cfg, plan)
+    swwae = table_row(report.table_md, "100", "swwae_all")
+    assert swwae[1] == "2/3 (1 missing)" and set(swwae[2:]) == {"—"}
+    sae = table_row(report.table_md, "500", "sae_first")
+    assert sae[1] == "2/3 (1 failed)" and set(sae[2:]) == {"—"}
+    stats = report.comparisons
+    partial = stats[(stats["labels"] == "100") & (stats["method"] == "swwae_all")]
+    assert set(partial["seed"]) == {"0", "2"}  # per-seed tests where both runs exist, no pooled
+    assert pooled(report, "swwae_all", labels="500")["seeds"] == 3  # the complete ones still tested
+    summary = (report.folder / "summary.md").read_text()
+    assert "| swwae_all | 100 | 1 | missing |" in summary
+    assert "| sae_first | 500 | 2 | failed |" in summary and "CUDA out of memory" in summary
+
+
+def test_cache_rereads_only_changed_records(suite, monkeypatch):
+    cfg, plan = suite
+    build_report(cfg, plan)
+    calls = []
+    original = report_data.read_record
+    monkeypatch.setattr(
+        report_data, "read_record", lambda folder: calls.append(folder) or original(folder)
+    )
+    build_report(cfg, plan)
+    assert calls == []  # all 18 from runs.parquet
+    spec = plan[0]
+    record = RunRecord(Path(cfg.results) / "digits" / spec.run_id)
+    metrics = record.read_metrics() | {"top1_train": 77.0}
+    time.sleep(0.01)
+    record.write_metrics(metrics)
+    report = build_report(cfg, plan)
+    assert [folder.name for folder in calls] == [spec.run_id]
+    assert report.runs.set_index("run_id").loc[spec.run_id, "top1_train"] == 77.0
+
+
+WRITER = """
+import sys, time
+import numpy as np
+from pathlib import Path
+from harness.store import RunRecord
+folder, stop = Path(sys.argv[1]), time.time() + float(sys.argv[2])
+i = 0
+while time.time() < stop:
+    record = RunRecord(folder / f"run{i % 5}")
+    if record.metrics_file.exists():
+        record.metrics_file.unlink()
+    record.write_config({"run": {}})
+    rows = [{"stage": "s", "epoch": e, "top1_val": 50.0} for e in range(1, i % 7 + 2)]
+    record.write_history(rows)
+    topk, targets = np.zeros((3000, 5), np.int16), np.zeros(3000, np.int64)
+    record.write_predictions({"val_topk": topk, "val_targets": targets})
+    record.write_metrics({"top1_val": 50.0 + i, "top1_train": 50.0 + i})
+    i += 1
+"""
+
+
+def test_reading_records_while_they_are_written_never_fails(tmp_path):
+    """A real second process rewrites five records as fast as it can while the
+    report reads them: every read sees whole files (done with its metrics, or not
+    done), never a crash or a half-read row."""
+    from harness.plan import RunSpec
+
+    suite_dir = tmp_path / "suite"
+    plan = [RunSpec("suite", "baseline", "100", 0, 0, f"run{i}") for i in range(5)]
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(suite_dir), "3"], cwd=REPO)
+    reads = 0
+    try:
+        while writer.poll() is None:
+            runs, history = load_runs(suite_dir, plan, cache_dir=tmp_path / "cache")
+            done = runs[runs["status"] == "done"]
+            assert set(runs["status"]) <= {"done", "incomplete", "missing"}
+            assert (done["top1_val"] >= 50).all() and done["top1_val"].notna().all()
+            assert (done["top1_val"] == done["top1_train"]).all()
+            assert set(history["top1_val"].dropna()) <= {50.0}
+            reads += 1
+    finally:
+        writer.wait(timeout=30)
+    assert writer.returncode == 0 and reads > 3
+
+
+def test_report_cli_errors_and_end_to_end(suite):
+    cfg, _ = suite
+    missing = run_cli(f"results={cfg.results}", "labels=[200]", module="harness.report")
+    assert missing.returncode == 2 and "no run records" in missing.stderr
+    bad = run_cli(f"results={cfg.results}", "report.bogus=1", module="harness.report")
+    assert bad.returncode == 2 and "report.last_k" in bad.stderr
+    ok = run_cli(*ARGS, f"results={cfg.results}", module="harness.report")
+    assert ok.returncode == 0, ok.stderr
+    assert "| swwae_all | 3 |" in ok.stdout
+    folder = Path(cfg.results) / "digits" / "report"
+    for name in ("error_vs_labels", "seeds", "learning_curves"):
+        for kind in ("png", "pdf"):
+            assert (folder / f"{name}.{kind}").stat().st_size > 1000, name
