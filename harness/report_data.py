@@ -146,11 +146,6 @@ def _read_history(path: Path) -> dict[str, np.ndarray]:
     }
 
 
-def hits(packed: bytes, n: int) -> np.ndarray:
-    """Unpack one ``hits_<column>`` cell of the runs table."""
-    return np.unpackbits(np.frombuffer(packed, dtype=np.uint8), count=n).astype(bool)
-
-
 def load_runs(
     suite_dir: Path, plan: Iterable[RunSpec], cache_dir: Path | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:

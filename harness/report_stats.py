@@ -16,13 +16,11 @@ that happened to finish would be the silent averaging the report refuses.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 
-from harness import stats
-from harness.report_data import ERROR_COLUMNS, hits, parse_column
+from harness.report_data import ERROR_COLUMNS, parse_column
+from harness.stats import across_seeds, holm, mcnemar_p, paired_bootstrap_ci
 
 BASELINE = "baseline"
 STATS_COLUMNS = [
@@ -50,106 +48,125 @@ STATS_COLUMNS = [
 ]
 
 
-def _discordant(base: pd.Series, other: pd.Series, key: str) -> tuple[int, int, int] | None:
-    """(b, c, n) of one seed's pair of runs, or None if either lacks predictions."""
-    part = parse_column(key)[0]
-    cell, size = f"hits_{key}", f"n_{part}"
-    if cell not in base or not isinstance(base[cell], bytes) or not isinstance(other[cell], bytes):
-        return None
-    if base[size] != other[size]:
-        return None  # not the same images: no pairing (a changed dataset)
-    n = int(base[size])
-    base_right, other_right = hits(base[cell], n), hits(other[cell], n)
-    b = int(np.count_nonzero(base_right & ~other_right))
-    c = int(np.count_nonzero(~base_right & other_right))
-    return b, c, n
+def _discordant(base: pd.Series, other: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(b, c) per row from two columns of bit-packed correctness of equal length."""
+    b = np.zeros(len(base), np.int64)
+    c = np.zeros(len(base), np.int64)
+    lengths = base.map(len).to_numpy()
+    for length in np.unique(lengths):  # one stacked array per image count
+        rows = np.flatnonzero(lengths == length)
+        right = np.frombuffer(b"".join(base.iloc[rows]), np.uint8).reshape(len(rows), -1)
+        mine = np.frombuffer(b"".join(other.iloc[rows]), np.uint8).reshape(len(rows), -1)
+        b[rows] = np.bitwise_count(right & ~mine).sum(axis=1)
+        c[rows] = np.bitwise_count(~right & mine).sum(axis=1)
+    return b, c
 
 
 def compare(
-    runs: pd.DataFrame, methods: list[str], *, resamples: int = 10000, seed: int = 0
+    runs: pd.DataFrame, methods: list[str], *, resamples: int = 2000, seed: int = 0
 ) -> pd.DataFrame:
     """The stats.csv table for ``runs`` (with final_* columns from ``final_errors``)."""
-    rows: list[dict] = []
     others = [m for m in methods if m != BASELINE]
     if BASELINE not in set(runs["method"]) or not others:
-        return pd.DataFrame(rows, columns=STATS_COLUMNS)
-    for labels in runs["labels"].unique():
-        block = runs[runs["labels"] == labels]
-        base = block[block["method"] == BASELINE].set_index("seed")
-        for key, _ in ERROR_COLUMNS:
-            family: list[dict] = []
-            for method in others:
-                mine = block[block["method"] == method].set_index("seed")
-                if mine.empty:
-                    continue
-                family += _method_rows(labels, method, key, base, mine, resamples, seed)
-            _add_holm(family)
-            rows += family
-    return pd.DataFrame(rows, columns=STATS_COLUMNS)
-
-
-def _method_rows(
-    labels: str,
-    method: str,
-    key: str,
-    base: pd.DataFrame,
-    mine: pd.DataFrame,
-    resamples: int,
-    seed: int,
-) -> list[dict]:
-    head = {"labels": labels, "method": method, "metric": key}
-    rows = []
-    pooled = [0, 0, 0]
-    seeds = sorted(set(base.index) & set(mine.index))
-    complete = all(base.loc[s, "status"] == "done" == mine.loc[s, "status"] for s in seeds)
-    complete = complete and set(base.index) == set(mine.index)
-    for s in seeds:
-        if base.loc[s, "status"] != "done" or mine.loc[s, "status"] != "done":
-            continue
-        counts = _discordant(base.loc[s], mine.loc[s], key)
-        if counts is None:
-            complete = False
-            continue
-        b, c, n = counts
-        pooled = [pooled[0] + b, pooled[1] + c, pooled[2] + n]
-        rows.append(
-            head
-            | {"seed": str(s), "seeds": 1, "pairs": n, "only_baseline_right": b}
-            | {"only_method_right": c, "difference": 100.0 * (b - c) / n}
-            | {"mcnemar_p": stats.mcnemar_p(b, c)}
-        )
-    if not complete or not seeds:
-        return rows
-    b, c, n = pooled
-    diff, low, high = stats.paired_bootstrap_ci(b, c, n, resamples=resamples, seed=seed)
-    final = f"final_{key}"
-    across = stats.across_seeds(
-        base.loc[seeds, final].to_numpy(), mine.loc[seeds, final].to_numpy()
+        return pd.DataFrame([], columns=STATS_COLUMNS)
+    base = runs[runs["method"] == BASELINE]
+    pairs = runs[runs["method"].isin(others)].merge(
+        base, on=["labels", "seed"], how="left", suffixes=("", "_base"), validate="many_to_one"
     )
-    rows.append(
-        head
-        | {"seed": "all", "seeds": len(seeds), "pairs": n, "only_baseline_right": b}
-        | {"only_method_right": c, "difference": diff, "ci_low": low, "ci_high": high}
-        | {"mcnemar_p": stats.mcnemar_p(b, c)}
-        | {
-            "baseline_error": float(base.loc[seeds, final].mean()),
-            "method_error": float(mine.loc[seeds, final].mean()),
-            "seed_mean_difference": across["mean_difference"],
-            "wilcoxon_p": across["wilcoxon_p"],
-            "ttest_p": across["ttest_p"],
-            "seeds_better": int((mine.loc[seeds, final] < base.loc[seeds, final]).sum()),
+    frames = []
+    for key, _ in ERROR_COLUMNS:
+        per_seed, pooled = _column_rows(pairs, key, resamples, seed)
+        frames += [per_seed, pooled]
+    out = pd.concat([f for f in frames if len(f)], ignore_index=True)
+    if out.empty:
+        return pd.DataFrame([], columns=STATS_COLUMNS)
+    family = out["labels"] + "/" + out["metric"] + "/" + out["seed"]
+    for test in ("mcnemar_p", "wilcoxon_p", "ttest_p"):
+        out[f"{test}_holm"] = holm(out[test], groups=family)
+    order = {m: i for i, m in enumerate(methods)}
+    out = out.assign(_m=out["method"].map(order), _all=out["seed"] == "all")
+    out = out.sort_values(["labels", "metric", "_all", "seed", "_m"], kind="stable")
+    return out.reindex(columns=STATS_COLUMNS).reset_index(drop=True)
+
+
+def _column_rows(
+    pairs: pd.DataFrame, key: str, resamples: int, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-seed and pooled rows of one error column."""
+    part = parse_column(key)[0]
+    cell, size = f"hits_{key}", f"n_{part}"
+    if cell not in pairs or f"{cell}_base" not in pairs:
+        return pd.DataFrame(), pd.DataFrame()
+    usable = (
+        (pairs["status"] == "done")
+        & (pairs["status_base"] == "done")
+        & pairs[cell].map(lambda v: isinstance(v, bytes))
+        & pairs[f"{cell}_base"].map(lambda v: isinstance(v, bytes))
+        & (pairs[size] == pairs[f"{size}_base"])  # the same images, or no pairing
+    )
+    both = pairs[usable]
+    b, c = _discordant(both[f"{cell}_base"], both[cell]) if len(both) else ([], [])
+    n = both[size].to_numpy(dtype=np.int64)
+    per_seed = pd.DataFrame(
+        {
+            "labels": both["labels"],
+            "method": both["method"],
+            "metric": key,
+            "seed": both["seed"].astype(str),
+            "seeds": 1,
+            "pairs": n,
+            "only_baseline_right": b,
+            "only_method_right": c,
+            "difference": 100.0 * (np.asarray(b) - np.asarray(c)) / np.maximum(n, 1),
+            "mcnemar_p": mcnemar_p(b, c) if len(both) else [],
+            "_final": both[f"final_{key}"].to_numpy(float),
+            "_final_base": both[f"final_{key}_base"].to_numpy(float),
         }
     )
-    return rows
-
-
-def _add_holm(family: list[dict]) -> None:
-    """Holm within each (seed) group of one budget and column, for each test."""
-    for group in {row["seed"] for row in family}:
-        members = [row for row in family if row["seed"] == group]
-        for test in ("mcnemar_p", "wilcoxon_p", "ttest_p"):
-            if test not in members[0]:
-                continue
-            values = [row.get(test, math.nan) for row in members]
-            for row, adjusted in zip(members, stats.holm(values), strict=True):
-                row[f"{test}_holm"] = adjusted
+    # pooled only where every planned seed of the pair is usable
+    complete = usable.groupby([pairs["labels"], pairs["method"]]).all()
+    complete = {k for k, v in complete.items() if v}
+    pooled_rows = []
+    for (labels, method), group in per_seed.groupby(["labels", "method"], sort=False):
+        if (labels, method) not in complete:
+            continue
+        group = group.sort_values("seed", key=lambda s: s.astype(int))
+        b_sum, c_sum, n_sum = (
+            int(group[k].sum()) for k in ("only_baseline_right", "only_method_right", "pairs")
+        )
+        diff, low, high = paired_bootstrap_ci(b_sum, c_sum, n_sum, resamples=resamples, seed=seed)
+        pooled_rows.append(
+            {
+                "labels": labels,
+                "method": method,
+                "metric": key,
+                "seed": "all",
+                "seeds": len(group),
+                "pairs": n_sum,
+                "only_baseline_right": b_sum,
+                "only_method_right": c_sum,
+                "difference": diff,
+                "ci_low": low,
+                "ci_high": high,
+                "mcnemar_p": mcnemar_p(b_sum, c_sum),
+                "baseline_error": group["_final_base"].mean(),
+                "method_error": group["_final"].mean(),
+                "seeds_better": int((group["_final"] < group["_final_base"]).sum()),
+                "_final": group["_final"].to_numpy(),
+                "_final_base": group["_final_base"].to_numpy(),
+            }
+        )
+    pooled = pd.DataFrame(pooled_rows)
+    if len(pooled):
+        # the seeds' final errors: one paired test per method, all at once per seed count
+        for rows in pooled.groupby("seeds").groups.values():
+            across = across_seeds(
+                np.stack(pooled.loc[rows, "_final_base"].to_list()),
+                np.stack(pooled.loc[rows, "_final"].to_list()),
+            )
+            pooled.loc[rows, "seed_mean_difference"] = across["mean_difference"]
+            pooled.loc[rows, "wilcoxon_p"] = across["wilcoxon_p"]
+            pooled.loc[rows, "ttest_p"] = across["ttest_p"]
+    return per_seed.drop(columns=["_final", "_final_base"]), pooled.drop(
+        columns=["_final", "_final_base"], errors="ignore"
+    )

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from scipy import stats
 
 
@@ -35,11 +36,19 @@ def mcnemar_exact(baseline_correct: np.ndarray, method_correct: np.ndarray) -> M
     return McNemar(b, c, mcnemar_p(b, c))
 
 
-def mcnemar_p(only_baseline_right: int, only_method_right: int) -> float:
+def mcnemar_p(only_baseline_right, only_method_right):
     """Under the null the discordant pairs split 50/50: p is the two-sided binomial
-    test of b successes in b + c trials (1.0 when there are none)."""
-    b, c = int(only_baseline_right), int(only_method_right)
-    return 1.0 if b + c == 0 else float(stats.binomtest(b, b + c, 0.5).pvalue)
+    test of b successes in b + c trials (1.0 when there are none).
+
+    For p = 1/2 the binomial is symmetric, so scipy's two-sided ``binomtest`` p
+    is min(1, 2 P(X <= min(b, c))); written with ``binom.cdf`` it takes arrays,
+    and the report tests every seed of every method at once (the tests check
+    it equals ``binomtest``).
+    """
+    b, c = np.asarray(only_baseline_right), np.asarray(only_method_right)
+    p = np.minimum(1.0, 2.0 * stats.binom.cdf(np.minimum(b, c), b + c, 0.5))
+    p = np.where(b + c == 0, 1.0, p)
+    return float(p) if p.ndim == 0 else p
 
 
 def paired_bootstrap_ci(
@@ -72,36 +81,46 @@ def paired_bootstrap_ci(
     return 100.0 * (b - c) / n, float(low), float(high)
 
 
-def across_seeds(baseline: np.ndarray, method: np.ndarray) -> dict[str, float]:
-    """Paired tests over seeds of one error metric: Wilcoxon signed-rank and paired t.
+def across_seeds(baseline: np.ndarray, method: np.ndarray) -> dict[str, np.ndarray | float]:
+    """Paired tests over seeds (the last axis) of one error metric: Wilcoxon
+    signed-rank and paired t; 2-D inputs test each row.
 
     With fewer than two seeds, or all differences zero, the p-values are nan:
     there is nothing to test, and saying so beats a made-up 1.0.
     """
     baseline, method = np.asarray(baseline, float), np.asarray(method, float)
     diff = method - baseline
-    out = {"mean_difference": float(diff.mean()) if len(diff) else float("nan")}
-    if len(diff) < 2 or np.all(diff == 0):
-        return out | {"wilcoxon_p": float("nan"), "ttest_p": float("nan")}
-    out["wilcoxon_p"] = float(stats.wilcoxon(method, baseline).pvalue)
-    out["ttest_p"] = float(stats.ttest_rel(method, baseline).pvalue)
-    return out
+    seeds = diff.shape[-1]
+    mean = diff.mean(axis=-1) if seeds else np.full(diff.shape[:-1], np.nan)
+    testable = (np.any(diff != 0, axis=-1)) & (seeds >= 2)
+    wilcoxon = np.full(diff.shape[:-1], np.nan)
+    ttest = np.full(diff.shape[:-1], np.nan)
+    if np.any(testable):
+        rows = (testable,) if diff.ndim > 1 else ()
+        wilcoxon[rows] = stats.wilcoxon(method[rows], baseline[rows], axis=-1).pvalue
+        ttest[rows] = stats.ttest_rel(method[rows], baseline[rows], axis=-1).pvalue
+    out = {"mean_difference": mean, "wilcoxon_p": wilcoxon, "ttest_p": ttest}
+    return {k: float(v) for k, v in out.items()} if diff.ndim == 1 else out
 
 
-def holm(p_values: list[float]) -> list[float]:
-    """Holm's step-down adjusted p-values (family-wise error), in the input order.
+def holm(p_values, groups=None) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error), in the input order,
+    within each family of equal ``groups`` labels (one family if None).
 
-    Sorted ascending, the i-th (from 0) of m is multiplied by (m - i), a running
-    maximum keeps them monotone, and each is capped at 1. nan stays nan and does
-    not count toward m.
+    Sorted ascending, the i-th (from 0) of a family of m is multiplied by (m - i),
+    a running maximum keeps them monotone, and each is capped at 1. nan stays nan
+    and does not count toward m. Vectorized with pandas so that the report can
+    correct thousands of small families (one per budget, column and seed) at once.
     """
-    p = np.asarray(p_values, dtype=float)
-    adjusted = np.full_like(p, np.nan)
-    valid = np.flatnonzero(~np.isnan(p))
-    order = valid[np.argsort(p[valid], kind="stable")]
-    m = len(order)
-    running = 0.0
-    for i, index in enumerate(order):
-        running = max(running, min(1.0, (m - i) * p[index]))
-        adjusted[index] = running
-    return adjusted.tolist()
+    p = pd.Series(np.asarray(p_values, dtype=float))
+    family = pd.Series(np.zeros(len(p), int) if groups is None else list(groups))
+    valid = p.notna()
+    ordered = pd.DataFrame({"family": family[valid], "p": p[valid]})
+    ordered = ordered.sort_values(["family", "p"], kind="stable")
+    rank = ordered.groupby("family", sort=False).cumcount()
+    size = ordered.groupby("family", sort=False)["p"].transform("size")
+    scaled = ((size - rank) * ordered["p"]).clip(upper=1.0)
+    adjusted = scaled.groupby(ordered["family"], sort=False).cummax()
+    out = pd.Series(np.nan, index=p.index)
+    out[adjusted.index] = adjusted
+    return out.tolist()

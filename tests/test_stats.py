@@ -107,3 +107,29 @@ def test_holm_step_down_by_hand():
     adjusted = holm([0.01, float("nan"), 0.02])
     assert adjusted[0] == pytest.approx(0.02) and adjusted[2] == pytest.approx(0.02)
     assert math.isnan(adjusted[1])
+
+
+def test_vectorized_forms_equal_scipy_and_the_one_family_forms():
+    from scipy import stats
+
+    b, c = np.meshgrid(np.arange(0, 40, 3), np.arange(0, 40, 4))
+    expected = [
+        1.0 if x + y == 0 else stats.binomtest(x, x + y, 0.5).pvalue
+        for x, y in zip(b.ravel(), c.ravel(), strict=True)
+    ]
+    assert mcnemar_p(b.ravel(), c.ravel()) == pytest.approx(expected, rel=1e-9)
+    p = [0.04, 0.01, 0.02, 0.5, 0.001, float("nan"), 0.3]
+    groups = ["a", "a", "a", "b", "b", "b", "a"]
+    grouped = holm(p, groups=groups)
+    by_hand = holm([0.04, 0.01, 0.02, 0.3]), holm([0.5, 0.001, float("nan")])
+    assert grouped[:3] + grouped[6:] == pytest.approx(by_hand[0])
+    assert grouped[3:5] == pytest.approx(by_hand[1][:2]) and math.isnan(grouped[5])
+    rng = np.random.default_rng(0)
+    base, method = rng.random((4, 6)), rng.random((4, 6))
+    method[2] = base[2]  # all differences zero: nan
+    rows = across_seeds(base, method)
+    for i in range(4):
+        one = across_seeds(base[i], method[i])
+        for key in ("mean_difference", "wilcoxon_p", "ttest_p"):
+            assert rows[key][i] == pytest.approx(one[key], nan_ok=True)
+    assert math.isnan(rows["ttest_p"][2])
