@@ -105,7 +105,7 @@ class ReportConfig:
     # (never the best over training: that would select on the val set)
     last_k: int = 3
     alpha: float = 0.05  # significance level of the table's marks, after Holm's correction
-    resamples: int = 10000  # paired bootstrap resamples for the CIs in stats.csv
+    resamples: int = 2000  # paired bootstrap resamples for the CIs in stats.csv
     plots: bool = True  # seaborn figures (PNG + PDF) beside the tables
 
 
