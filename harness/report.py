@@ -152,7 +152,8 @@ def summary(
                 f"| {row['method_error']:.2f} | {row['difference']:+.2f} "
                 f"[{row['ci_low']:+.2f}, {row['ci_high']:+.2f}] "
                 f"| {_relative(row):+.1f}% | {fmt_p(row['mcnemar_p_holm'])} "
-                f"| {row['seeds_better']}/{row['seeds']} | {_verdict(row, cfg.report.alpha)} |"
+                f"| {int(row['seeds_better'])}/{int(row['seeds'])} "
+                f"| {_verdict(row, cfg.report.alpha)} |"
             )
         lines += ["", "In words:", ""]
         for labels in pooled["labels"].unique():
@@ -207,14 +208,19 @@ def _in_words(pooled: pd.DataFrame, labels: str, alpha: float) -> str:
             named = "; ".join(
                 f"{r['method']} ({r['difference']:+.2f} points, 95% CI "
                 f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}], {_relative(r):+.1f}% relative, "
-                f"p = {fmt_p(r['mcnemar_p_holm'])})"
+                f"p {_p_clause(r['mcnemar_p_holm'])})"
                 for r in chosen
             )
-            parts.append(f"{verdict} than the baseline: {named}")
+            parts.append(f"{verdict.capitalize()} than the baseline: {named}")
     rest = [r["method"] for _, r in rows.iterrows() if _verdict(r, alpha).startswith("no")]
     if rest:
-        parts.append("no significant difference: " + ", ".join(rest))
+        parts.append("No significant difference: " + ", ".join(rest))
     return ". ".join(parts) + "."
+
+
+def _p_clause(p: float) -> str:
+    text = fmt_p(p)
+    return text.replace("<", "< ") if text.startswith("<") else f"= {text}"
 
 
 def main(argv: list[str] | None = None) -> int:

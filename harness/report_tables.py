@@ -106,7 +106,8 @@ def _mean_std(values: pd.Series) -> tuple[float, float]:
 
 def caption(suite: str, last_k: int, alpha: float, compared: int) -> str:
     return (
-        f"Error (%) on {suite}'s val set, mean ± std over seeds, one block per label budget. "
+        f"Error (%) of suite {suite} on its val set, mean ± std over seeds, one block per "
+        "label budget. "
         f"Val single-crop errors are the median of the last {last_k} evaluations of the final "
         "stage; the other columns are the final model's. Bold: the lowest mean per column "
         f"and budget. {MARK_MD}: differs from the baseline at p < {alpha:g} by McNemar's exact "
@@ -143,6 +144,8 @@ def _tex_escape(text: str) -> str:
         text = text.replace(char, escaped)
     for char in "#$":
         text = text.replace(char, "\\" + char)
+    for char in "<>":  # text-mode < and > print as other glyphs in LaTeX's default font
+        text = text.replace(char, f"${char}$")
     return text.replace("±", r"$\pm$").replace("†", r"\dag{}")
 
 

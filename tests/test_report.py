@@ -139,8 +139,9 @@ def test_a_known_winner_is_marked_and_a_non_difference_is_not(suite):
     assert not any("†" in cell for cell in table_row(report.table_md, "500", "sae_first"))
     assert "†" not in "".join(table_row(report.table_md, "500", "baseline"))
     summary = (report.folder / "summary.md").read_text()
-    assert re.search(r"\*\*500 labels\*\*: better than the baseline: swwae_all \(-\d", summary)
-    assert "no significant difference: sae_first" in summary
+    assert re.search(r"\*\*500 labels\*\*: Better than the baseline: swwae_all \(-\d", summary)
+    assert "| 3/3 | better |" in summary
+    assert "No significant difference: sae_first" in summary
     stats_csv = pd.read_csv(report.folder / "stats.csv")
     assert len(stats_csv) == len(report.comparisons)
 
