@@ -25,10 +25,12 @@ from harness.plan import RunSpec, make_plan
 from harness.report_data import ERROR_COLUMNS, final_errors, load_runs
 from harness.report_stats import BASELINE, compare
 from harness.report_tables import (
+    MISSING_MD,
     caption,
     fmt_p,
     render_latex,
     render_markdown,
+    seeds_text,
     table_blocks,
 )
 from harness.store import atomic_write_if_changed
@@ -53,8 +55,8 @@ def build_report(cfg: DictConfig, plan: list[RunSpec]) -> Report:
     runs = final_errors(runs, history, cfg.report.last_k)
     methods = list(dict.fromkeys(spec.method for spec in plan))
     comparisons = compare(runs, methods, resamples=cfg.report.resamples)
-    compared = len([m for m in methods if m != BASELINE])
-    text = caption(cfg.suite, cfg.report.last_k, cfg.report.alpha, compared)
+    tested = bool((comparisons["seed"] == "all").any())
+    text = caption(cfg.suite, cfg.report.last_k, cfg.report.alpha, tested)
     blocks = table_blocks(runs, comparisons, methods, cfg.report.alpha)
     table_md = render_markdown(blocks, text)
     recon_md = recon_table(runs, methods)
@@ -78,21 +80,28 @@ def _write(path: Path, text: str) -> None:
 
 def recon_table(runs: pd.DataFrame, methods: list[str]) -> str | None:
     """Markdown: the decoders' relative reconstruction error on val per level (lower
-    is better; 1.0 = predicting zeros), mean ± std over done seeds; None if none has one."""
+    is better; 1.0 = predicting zeros), mean ± std over seeds; None if no run has one.
+    Like the error table, a group with a seed not done shows — and why."""
     columns = sorted(c for c in runs.columns if c.startswith("recon_rel_"))
-    done = runs[runs["status"] == "done"]
-    if not columns or done[columns].isna().all().all():
+    if not columns or runs[columns].isna().all().all():
         return None
     header = ["labels", "method", "seeds"] + [c.removeprefix("recon_rel_") for c in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "--|" * len(header)]
     for labels in runs["labels"].unique():
         for method in methods:
-            group = done[(done["labels"] == labels) & (done["method"] == method)]
-            if group.empty or group[columns].isna().all().all():
-                continue
-            cells = [labels, method, str(len(group))]
+            group = runs[(runs["labels"] == labels) & (runs["method"] == method)]
+            if (
+                group.empty
+                or group[columns].isna().all().all()
+                and group["status"].eq("done").all()
+            ):
+                continue  # a method without decoders
+            cells = [labels, method, seeds_text(group["status"])]
             for column in columns:
                 values = group[column].astype(float)
+                if not group["status"].eq("done").all():
+                    cells.append(MISSING_MD)
+                    continue
                 std = values.std(ddof=1) if len(values) > 1 else 0.0
                 cells.append(f"{values.mean():.4f} ± {std:.4f}")
             lines.append("| " + " | ".join(cells) + " |")
@@ -134,13 +143,15 @@ def summary(
         else pd.DataFrame()
     )
     if pooled.empty:
-        lines += ["No comparison: the baseline or a method has no complete set of seeds.", ""]
+        lines += [_why_no_comparison(runs, methods), ""]
     else:
         lines += [
-            "difference = method − baseline in points (negative: fewer errors) with its 95% "
-            "paired bootstrap CI over val images; relative = difference / baseline error; "
-            "p = McNemar's exact test, pooled over seeds, Holm-corrected; seeds better = "
-            "seeds whose final error is below the baseline's.",
+            "All numbers here are the final models' (the inputs of the tests; the table's val "
+            "single-crop cells are medians of the last evaluations instead): baseline and "
+            "method = mean error over seeds; difference = method − baseline in points "
+            "(negative: fewer errors), with its 95% paired bootstrap CI over val images; "
+            "relative = difference / baseline error; p = McNemar's exact test, pooled over "
+            "seeds, Holm-corrected; seeds better = seeds whose error is below the baseline's.",
             "",
             "| labels | method | baseline | method | difference [95% CI] | relative | p (Holm) "
             "| seeds better | verdict |",
@@ -186,6 +197,17 @@ def summary(
         lines += [f"- `{p.name}`" for p in figures if p.suffix == ".png"]
         lines.append("")
     return "\n".join(lines)
+
+
+def _why_no_comparison(runs: pd.DataFrame, methods: list[str]) -> str:
+    if methods == [BASELINE]:
+        return "No comparison: the baseline is the only method (add some with `methods=`)."
+    if BASELINE not in methods:
+        return "No comparison: the baseline is not among the methods."
+    done = runs[runs["status"] == "done"]
+    if len(done) and not any(c.startswith("hits_") for c in done.columns):
+        return "No comparison: the done runs have no per-example predictions to pair."
+    return "No comparison yet: no method has every planned seed done beside the baseline's."
 
 
 def _relative(row: pd.Series) -> float:

@@ -17,6 +17,7 @@ import csv
 import io
 import json
 import math
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -208,17 +209,24 @@ def _read_cache(cache_dir: Path | None) -> tuple[pd.DataFrame, pd.DataFrame]:
         history = pd.read_parquet(cache_dir / "history.parquet")
     except Exception:  # noqa: BLE001 - absent, older or damaged: rebuild it from the records
         return empty
-    if not {"run_id", "stamp"} <= set(runs.columns) or "run_id" not in history.columns:
+    if not {"run_id", "stamp", "cache_token"} <= set(runs.columns) or len(runs) == 0:
         return empty
-    return runs, history
+    if "cache_token" not in history.columns or (
+        len(history) and set(history["cache_token"]) != {runs["cache_token"].iloc[0]}
+    ):
+        return empty  # the two files are from different writes: trust neither
+    return runs.drop(columns="cache_token"), history.drop(columns="cache_token")
 
 
 def _write_cache(cache_dir: Path | None, runs: pd.DataFrame, history: pd.DataFrame) -> None:
     if cache_dir is None:
         return
-    for name, frame in (("runs", runs), ("history", history)):
+    # Both files carry one token per write; a reader that finds two different
+    # tokens (a crash or another report between the two renames) rebuilds.
+    token = uuid.uuid4().hex
+    for name, frame in (("history", history), ("runs", runs)):
         buffer = io.BytesIO()
-        frame.to_parquet(buffer, index=False)
+        frame.assign(cache_token=token).to_parquet(buffer, index=False)
         atomic_write_bytes(cache_dir / f"{name}.parquet", buffer.getvalue())
 
 
@@ -226,19 +234,20 @@ def final_errors(runs: pd.DataFrame, history: pd.DataFrame, last_k: int) -> pd.D
     """``runs`` plus ``final_<column>`` for each error column and ``final_evals``.
 
     Val single-crop errors are evaluated during training: their final value is the
-    median of the last ``last_k`` evaluations of the run's last evaluated stage
-    (fewer if that stage has fewer; never the best over training, which would
-    select on val). The other columns exist only for the final model.
+    median of the last ``last_k`` evaluations of the run's last stage (fewer if
+    that stage has fewer; never the best over training, which would select on
+    val). A last stage without evaluations falls back to the final model's value,
+    as do the other columns, which exist only for the final model.
     """
     runs = runs.copy()
     for key, _ in ERROR_COLUMNS:
         runs[f"final_{key}"] = runs[key] if key in runs.columns else math.nan
     runs["final_evals"] = 0
-    evaluated = history.dropna(subset=["top1_val"])
+    last_stage = history.groupby("run_id")["stage"].transform("last")
+    evaluated = history[(history["stage"] == last_stage) & history["top1_val"].notna()]
     if evaluated.empty:
         return runs
-    last_stage = evaluated.groupby("run_id")["stage"].transform("last")
-    tail = evaluated[evaluated["stage"] == last_stage].groupby("run_id").tail(last_k)
+    tail = evaluated.groupby("run_id").tail(last_k)
     medians = tail.groupby("run_id")[list(HISTORY_COLUMNS)].median()
     counts = tail.groupby("run_id").size()
     done = runs["status"] == "done"

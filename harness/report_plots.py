@@ -1,7 +1,7 @@
 """The report's figures (seaborn), each written as PNG and PDF.
 
 - ``error_vs_labels``: final top-1 val error against the number of labeled
-  images, one line per method, 95% CI over seeds.
+  images, one line per method, 95% CI over seeds (budgets with every seed done).
 - ``seeds``: every seed's final top-1 val error as a point, per method, one
   panel per label budget, with the mean and its 95% CI.
 - ``learning_curves``: top-1 val error over training epochs from history.csv,
@@ -49,7 +49,9 @@ def _budget_order(runs: pd.DataFrame) -> list[str]:
 
 
 def error_vs_labels(runs: pd.DataFrame, methods: list[str], out: Path) -> list[Path]:
-    done = runs[runs["status"] == "done"]
+    # a (budget, method) with a seed not done is left out, not averaged over fewer seeds
+    complete = runs.groupby(["labels", "method"])["status"].transform(lambda s: s.eq("done").all())
+    done = runs[complete]
     if done.empty or "labeled" not in done:
         return []
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -5,7 +5,7 @@ run of the same split and seed (same images, so the comparison is paired):
 
 - ``seed = all``: McNemar's exact test and a paired bootstrap 95% CI on the
   per-example pairs of all seeds pooled, plus Wilcoxon's signed-rank test and
-  the paired t-test on the seeds' final errors; each p-value also
+  the paired t-test on the seeds' final-model errors; each p-value also
   Holm-corrected across the methods compared in that budget and column.
 - ``seed = <s>``: McNemar's exact test on that seed's pairs alone, Holm-corrected
   across the methods for that seed.
@@ -37,7 +37,7 @@ STATS_COLUMNS = [
     "ci_high",
     "mcnemar_p",
     "mcnemar_p_holm",
-    "baseline_error",  # mean over seeds of the final errors
+    "baseline_error",  # mean over seeds of the final models' errors (pooled rows)
     "method_error",
     "seed_mean_difference",
     "wilcoxon_p",
@@ -77,15 +77,24 @@ def compare(
     for key, _ in ERROR_COLUMNS:
         per_seed, pooled = _column_rows(pairs, key, resamples, seed)
         frames += [per_seed, pooled]
-    out = pd.concat([f for f in frames if len(f)], ignore_index=True)
-    if out.empty:
+    frames = [f for f in frames if len(f)]
+    if not frames:  # nothing done yet, or no per-example predictions to pair
         return pd.DataFrame([], columns=STATS_COLUMNS)
+    out = pd.concat(frames, ignore_index=True)
     family = out["labels"] + "/" + out["metric"] + "/" + out["seed"]
     for test in ("mcnemar_p", "wilcoxon_p", "ttest_p"):
         out[f"{test}_holm"] = holm(out[test], groups=family)
+    # plan order: budgets as listed, columns as in the table, seeds as numbers, pooled last
+    budgets = {b: i for i, b in enumerate(runs["labels"].unique())}
+    metrics = {key: i for i, (key, _) in enumerate(ERROR_COLUMNS)}
     order = {m: i for i, m in enumerate(methods)}
-    out = out.assign(_m=out["method"].map(order), _all=out["seed"] == "all")
-    out = out.sort_values(["labels", "metric", "_all", "seed", "_m"], kind="stable")
+    out = out.assign(
+        _b=out["labels"].map(budgets),
+        _k=out["metric"].map(metrics),
+        _s=pd.to_numeric(out["seed"], errors="coerce").fillna(np.inf),
+        _m=out["method"].map(order),
+    )
+    out = out.sort_values(["_b", "_k", "_s", "_m"], kind="stable")
     return out.reindex(columns=STATS_COLUMNS).reset_index(drop=True)
 
 
@@ -119,8 +128,9 @@ def _column_rows(
             "only_method_right": c,
             "difference": 100.0 * (np.asarray(b) - np.asarray(c)) / np.maximum(n, 1),
             "mcnemar_p": mcnemar_p(b, c) if len(both) else [],
-            "_final": both[f"final_{key}"].to_numpy(float),
-            "_final_base": both[f"final_{key}_base"].to_numpy(float),
+            # the final models' errors: what the per-example tests above compare
+            "_final": both[key].to_numpy(float),
+            "_final_base": both[f"{key}_base"].to_numpy(float),
         }
     )
     # pooled only where every planned seed of the pair is usable

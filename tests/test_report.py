@@ -186,7 +186,7 @@ def test_latex_table_compiles_with_pdflatex(suite, tmp_path):
     report = build_report(cfg, plan)
     document = tmp_path / "paper.tex"
     document.write_text(
-        "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+        "\\documentclass{article}\n\\usepackage{booktabs,graphicx}\n\\begin{document}\n"
         f"\\input{{{report.folder / 'table.tex'}}}\n\\end{{document}}\n"
     )
     done = subprocess.run(
@@ -300,3 +300,47 @@ def test_report_cli_errors_and_end_to_end(suite):
     for name in ("error_vs_labels", "seeds", "learning_curves"):
         for kind in ("png", "pdf"):
             assert (folder / f"{name}.{kind}").stat().st_size > 1000, name
+
+
+def test_a_suite_with_nothing_done_or_only_the_baseline_reports_without_crashing(tmp_path):
+    results = tmp_path / "results"
+    cfg = load_config([*ARGS, f"results={results}", "report.plots=false"])
+    plan = make_plan(cfg)
+    for spec in plan:  # started, nothing finished
+        RunRecord(results / "digits" / spec.run_id).write_config({"run": {}})
+    report = build_report(cfg, plan)
+    assert report.comparisons.empty
+    assert "| swwae_all | 0/3 (3 incomplete) |" in report.table_md
+    assert "No comparison yet" in (report.folder / "summary.md").read_text()
+    assert "McNemar" not in report.table_md  # no marks, so no test named
+    only = load_config(["labels=[100,500]", "seeds=[0,1,2]", f"results={results}"])
+    baseline_plan = make_plan(only)
+    for spec in baseline_plan:
+        fabricate(spec, results)
+    summary = (build_report(only, baseline_plan).folder / "summary.md").read_text()
+    assert "the baseline is the only method" in summary
+
+
+def test_stats_use_the_final_models_errors_like_the_tests_they_sit_beside(suite):
+    cfg, plan = suite
+    report = build_report(cfg, plan)
+    winner = pooled(report, "swwae_all")
+    runs = report.runs[(report.runs["labels"] == "500")]
+    by_method = runs.groupby("method")["top1_val"].mean()  # metrics.json: the final model
+    assert winner["method_error"] == pytest.approx(by_method["swwae_all"])
+    assert winner["baseline_error"] == pytest.approx(by_method["baseline"])
+    # (b - c) / n of the pooled pairs is the difference of the mean final errors
+    assert winner["difference"] == pytest.approx(by_method["swwae_all"] - by_method["baseline"])
+
+
+def test_a_cache_whose_two_files_disagree_is_rebuilt(suite):
+    cfg, plan = suite
+    build_report(cfg, plan)
+    folder = Path(cfg.results) / "digits" / "report"
+    old_history = (folder / "history.parquet").read_bytes()
+    record = RunRecord(Path(cfg.results) / "digits" / plan[0].run_id)
+    rows = [{"stage": "finetune", "epoch": 1, "top1_val": 90.0, "top5_val": 90.0}]
+    record.write_history(rows)
+    assert build_report(cfg, plan).runs.iloc[0]["final_top1_val"] == 90.0
+    (folder / "history.parquet").write_bytes(old_history)  # as if a write was lost
+    assert build_report(cfg, plan).runs.iloc[0]["final_top1_val"] == 90.0
