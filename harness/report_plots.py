@@ -149,12 +149,16 @@ def recon_grids(runs: pd.DataFrame, suite_dir: Path, methods: list[str], out: Pa
     for title, path in chosen:
         with Image.open(path) as image:
             images.append((title, image.convert("RGB")))
-    fig, axes = plt.subplots(len(images), 1, figsize=(8, 1.9 * len(images)), squeeze=False)
+    aspect = max(image.height / image.width for _, image in images)
+    fig, axes = plt.subplots(
+        len(images), 1, figsize=(8, (8 * aspect + 0.35) * len(images)), squeeze=False
+    )
     for ax, (title, image) in zip(axes[:, 0], images, strict=True):
         ax.imshow(image, interpolation="nearest")
         ax.set_title(title, fontsize=9)
         ax.axis("off")
     fig.suptitle("val images (top) over their reconstructions (bottom)")
+    fig.tight_layout()
     return save_figure(fig, out, "recon_grids")
 
 
