@@ -5,7 +5,7 @@
 - ``seeds``: every seed's final top-1 val error as a point, per method, one
   panel per label budget, with the mean and its 95% CI.
 - ``learning_curves``: top-1 val error over training epochs from history.csv,
-  mean ± 1.96 standard errors over seeds, one panel per label budget.
+  mean ± 1.96 standard errors over seeds, one panel per label budget and stage.
 - ``recon_grids``: the ``samples.png`` of each method that reconstructs images
   (val images over their reconstructions), one row per method.
 
@@ -106,28 +106,39 @@ def seeds(runs: pd.DataFrame, methods: list[str], out: Path) -> list[Path]:
 
 
 def learning_curves(history: pd.DataFrame, methods: list[str], out: Path) -> list[Path]:
-    history = history.copy()
-    # epochs counted over the whole run (stages follow one another); rows are in run order
-    history["run_epoch"] = history.groupby("run_id").cumcount() + 1
+    """One panel per (budget, stage that evaluates val), x = epoch within the stage:
+    a stage copied from another run (the decoders' step 1 is the baseline's
+    pretrain) has no rows of its own, so stages line up only stage by stage."""
     evaluated = history.dropna(subset=["top1_val"])
     if evaluated.empty:
         return []
     budgets = list(dict.fromkeys(evaluated["labels"]))
-    fig, axes = plt.subplots(1, len(budgets), figsize=(4.5 * len(budgets), 4), squeeze=False)
-    for ax, budget in zip(axes[0], budgets, strict=True):
-        data = evaluated[evaluated["labels"] == budget]
-        sns.lineplot(
-            data=data,
-            x="run_epoch",
-            y="top1_val",
-            hue="method",
-            hue_order=[m for m in methods if m in set(data["method"])],
-            # normal-theory band: a bootstrap per epoch and method is most of the
-            # report's time at 10,000 runs, for a band nobody reads to the decimal
-            errorbar=("se", 1.96),
-            ax=ax,
-        )
-        ax.set(title=f"{budget} labels", xlabel="epoch (all stages)", ylabel="top-1 val error (%)")
+    stages = list(dict.fromkeys(evaluated["stage"]))
+    order = [m for m in methods if m in set(evaluated["method"])]
+    fig, axes = plt.subplots(
+        len(budgets),
+        len(stages),
+        figsize=(4.2 * len(stages), 3.3 * len(budgets)),
+        squeeze=False,
+    )
+    for row, budget in zip(axes, budgets, strict=True):
+        for ax, stage in zip(row, stages, strict=True):
+            data = evaluated[(evaluated["labels"] == budget) & (evaluated["stage"] == stage)]
+            sns.lineplot(
+                data=data,
+                x="epoch",
+                y="top1_val",
+                hue="method",
+                hue_order=order,
+                # normal-theory band: a bootstrap per epoch and method is most of the
+                # report's time at 10,000 runs, for a band nobody reads to the decimal
+                errorbar=("se", 1.96),
+                marker="o",
+                legend=ax is axes[0][-1],
+                ax=ax,
+            )
+            ax.set(title=f"{budget} labels, {stage}", xlabel="epoch", ylabel="top-1 val error (%)")
+    fig.tight_layout()
     return save_figure(fig, out, "learning_curves")
 
 
