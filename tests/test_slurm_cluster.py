@@ -42,7 +42,8 @@ def cluster():
 
 
 def test_a_submitit_array_is_one_sbatch_with_array_task_ids_in_sacct(cluster, tmp_path):
-    submitit = pytest.importorskip("submitit")
+    import submitit
+
     os.environ["SLURM_CONF"] = cluster["SLURM_CONF"]
     executor = submitit.AutoExecutor(folder=tmp_path / "logs", cluster="slurm")
     executor.update_parameters(timeout_min=2, slurm_mem="200M", cpus_per_task=1)
