@@ -28,6 +28,7 @@ from harness.report_tables import (
     MISSING_MD,
     caption,
     fmt_p,
+    mean_std,
     render_latex,
     render_markdown,
     seeds_text,
@@ -87,23 +88,19 @@ def recon_table(runs: pd.DataFrame, methods: list[str]) -> str | None:
         return None
     header = ["labels", "method", "seeds"] + [c.removeprefix("recon_rel_") for c in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "--|" * len(header)]
+    decoders = set(runs.loc[runs[columns].notna().any(axis=1), "method"])
     for labels in runs["labels"].unique():
-        for method in methods:
+        for method in [m for m in methods if m in decoders]:
             group = runs[(runs["labels"] == labels) & (runs["method"] == method)]
-            if (
-                group.empty
-                or group[columns].isna().all().all()
-                and group["status"].eq("done").all()
-            ):
-                continue  # a method without decoders
+            if group.empty:
+                continue
             cells = [labels, method, seeds_text(group["status"])]
             for column in columns:
-                values = group[column].astype(float)
                 if not group["status"].eq("done").all():
                     cells.append(MISSING_MD)
                     continue
-                std = values.std(ddof=1) if len(values) > 1 else 0.0
-                cells.append(f"{values.mean():.4f} ± {std:.4f}")
+                mean, std = mean_std(group[column])
+                cells.append(f"{mean:.4f} ± {std:.4f}")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -71,7 +71,7 @@ def table_blocks(
                 continue
             complete = bool((group["status"] == "done").all())
             values[method] = [
-                _mean_std(group[f"final_{key}"]) if complete else None for key, _ in ERROR_COLUMNS
+                mean_std(group[f"final_{key}"]) if complete else None for key, _ in ERROR_COLUMNS
             ]
         best = []
         for i in range(len(ERROR_COLUMNS)):
@@ -99,7 +99,7 @@ def table_blocks(
     return blocks
 
 
-def _mean_std(values: pd.Series) -> tuple[float, float]:
+def mean_std(values: pd.Series) -> tuple[float, float]:
     values = values.astype(float)
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
