@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from harness.config import load_config
 from harness.errors import UsageError
 from harness.plan import RunSpec, make_plan
-from harness.report_data import ERROR_COLUMNS, final_errors, load_runs
+from harness.report_data import ERROR_COLUMNS, STATUSES, final_errors, load_runs
 from harness.report_stats import BASELINE, compare
 from harness.report_tables import (
     MISSING_MD,
@@ -115,9 +115,7 @@ def summary(
 ) -> str:
     """summary.md: which methods beat the baseline where, by how much, how sure."""
     counts = runs["status"].value_counts()
-    state = ", ".join(
-        f"{counts.get(s, 0)} {s}" for s in ("done", "failed", "incomplete", "missing")
-    )
+    state = ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES)
     title = dict(ERROR_COLUMNS)[SUMMARY_METRIC]
     lines = [
         f"# {cfg.suite}: report",

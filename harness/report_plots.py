@@ -112,7 +112,7 @@ def learning_curves(history: pd.DataFrame, methods: list[str], out: Path) -> lis
     evaluated = history.dropna(subset=["top1_val"])
     if evaluated.empty:
         return []
-    budgets = list(dict.fromkeys(evaluated["labels"]))
+    budgets = _budget_order(evaluated)
     stages = list(dict.fromkeys(evaluated["stage"]))
     order = [m for m in methods if m in set(evaluated["method"])]
     fig, axes = plt.subplots(

@@ -65,10 +65,12 @@ def table_blocks(
     for labels in runs["labels"].unique():
         block = runs[runs["labels"] == labels]
         values: dict[str, list[tuple[float, float] | None]] = {}
+        seeds: dict[str, str] = {}
         for method in methods:
             group = block[block["method"] == method]
             if group.empty:
                 continue
+            seeds[method] = seeds_text(group["status"])
             complete = bool((group["status"] == "done").all())
             values[method] = [
                 mean_std(group[f"final_{key}"]) if complete else None for key, _ in ERROR_COLUMNS
@@ -79,7 +81,6 @@ def table_blocks(
             best.append(min(shown) if shown else None)
         rows = []
         for method, cells in values.items():
-            group = block[block["method"] == method]
             row_cells = []
             for i, (key, _) in enumerate(ERROR_COLUMNS):
                 if cells[i] is None:
@@ -94,7 +95,7 @@ def table_blocks(
                         mark=(labels, method, key) in significant,
                     )
                 )
-            rows.append(Row(method, seeds_text(group["status"]), tuple(row_cells)))
+            rows.append(Row(method, seeds[method], tuple(row_cells)))
         blocks.append(Block(labels, tuple(rows)))
     return blocks
 
