@@ -110,6 +110,34 @@ class ReportConfig:
 
 
 @dataclass
+class SlurmConfig:
+    """What ``launcher=slurm`` asks SLURM for, per job (one job = one run); never a run's id.
+
+    A job that reaches ``time_min`` (or is preempted) gets SIGUSR2 ``signal_delay_s``
+    before the end, is requeued by submitit and resumes from its last epoch
+    checkpoint; ``max_num_timeout`` bounds how often a run may run out of time.
+    """
+
+    partition: str = ""  # "" = the cluster's default partition
+    nodes: int = 1  # one node per run (multi-node needs DDP, not written yet)
+    gpus_per_node: int = 0
+    cpus_per_task: int = 2  # also the job's torch threads when `threads` is 0
+    mem_gb: float = 8.0
+    time_min: int = 60  # wall-time limit of one job
+    array_parallelism: int = 256  # at most this many tasks of one array run at once
+    max_array_size: int = 0  # tasks per array; 0 = the cluster's MaxArraySize
+    max_num_timeout: int = 3  # requeues after a time-out before a run counts as failed
+    signal_delay_s: int = 90  # SIGUSR2 this long before the time limit
+    account: str = ""
+    qos: str = ""
+    constraint: str = ""
+    setup: list[str] = field(default_factory=list)  # shell lines run before the job
+    additional: dict[str, Any] = field(default_factory=dict)  # more `#SBATCH --key=value`
+    report_mem_gb: float = 4.0  # the aggregation (report) job
+    poll_s: float = 5.0  # how often `wait=true` asks SLURM
+
+
+@dataclass
 class SuiteConfig:
     """Every key a suite file or a ``key=value`` override may set."""
 
@@ -128,7 +156,10 @@ class SuiteConfig:
     report: ReportConfig = field(default_factory=ReportConfig)
     device: str = "cpu"  # cpu | cuda | auto; cuda turns on AMP and channels_last
     threads: int = 0  # torch intra-op threads on CPU; 0 keeps torch's default
-    launcher: str = "inprocess"
+    launcher: str = "inprocess"  # inprocess | local_parallel | slurm
+    parallel: int = 2  # launcher=local_parallel: runs at once
+    wait: bool = False  # launcher=slurm: wait for the jobs (progress bar), then print the table
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
     results: str = "results"  # the results root
     progress: bool = True  # tqdm bars on stderr
 
@@ -143,6 +174,9 @@ EXECUTION_KEYS = (
     "device",
     "threads",
     "launcher",
+    "parallel",
+    "wait",
+    "slurm",
     "results",
     "progress",
     "report",
@@ -273,6 +307,10 @@ def _check_values(cfg: DictConfig) -> None:
         "eval.every": cfg.eval.every,
         "report.last_k": cfg.report.last_k,
         "report.resamples": cfg.report.resamples,
+        "parallel": cfg.parallel,
+        "slurm.cpus_per_task": cfg.slurm.cpus_per_task,
+        "slurm.time_min": cfg.slurm.time_min,
+        "slurm.array_parallelism": cfg.slurm.array_parallelism,
     }
     for key, value in positive.items():
         if value < 1:
@@ -283,10 +321,22 @@ def _check_values(cfg: DictConfig) -> None:
         "optim.grad_clip": cfg.optim.grad_clip,
         "threads": cfg.threads,
         "data.num_workers": cfg.data.num_workers,
+        "slurm.gpus_per_node": cfg.slurm.gpus_per_node,
+        "slurm.max_array_size": cfg.slurm.max_array_size,
+        "slurm.max_num_timeout": cfg.slurm.max_num_timeout,
+        "slurm.signal_delay_s": cfg.slurm.signal_delay_s,
     }
     for key, value in at_least_zero.items():
         if value < 0:
             raise UsageError(f"{key} must be >= 0, got {value}")
+    if cfg.slurm.nodes != 1:
+        raise UsageError(
+            f"slurm.nodes={cfg.slurm.nodes}: a run uses one node (multi-node training needs "
+            "DistributedDataParallel, not written yet); valid: 1"
+        )
+    for key in ("mem_gb", "report_mem_gb", "poll_s"):
+        if not cfg.slurm[key] > 0:
+            raise UsageError(f"slurm.{key} must be > 0, got {cfg.slurm[key]}")
     if not 0 <= cfg.model.dropout < 1:
         raise UsageError(f"model.dropout must lie in [0, 1), got {cfg.model.dropout}")
     if cfg.data.crop > cfg.data.resize:

@@ -1,21 +1,36 @@
 """Launchers: how a plan's runs get executed.
 
-A launcher takes the plan and the config and returns when its runs are done (or
-submitted). ``inprocess`` runs them one after another in this process, in plan
-order (dependencies first). Other launchers (submitit's local executor, SLURM
-arrays) register here and reuse ``harness.train.train_run`` as the job body.
+A launcher takes the plan (dependencies first) and the config, and says whether
+the runs ended here (``harness.run`` then writes and prints the report) and how
+many failed. ``inprocess`` runs them one after another in this process;
+``local_parallel`` runs up to ``parallel`` at once in worker processes through
+submitit's local executor; ``slurm`` submits them as array jobs and returns
+(or, with ``wait=true``, waits). Every launcher runs the same job body,
+``harness.jobs.RunJob`` (``harness.train.train_run``).
 """
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 from omegaconf import DictConfig
 from tqdm import tqdm
 
 from harness.plan import RunSpec
+from harness.store import run_record
 
-Launcher = Callable[[list[RunSpec], DictConfig], None]
+
+@dataclass(frozen=True)
+class Outcome:
+    finished: bool  # the runs ended here (not only submitted): report now
+    failed: int = 0
+
+
+Launcher = Callable[[list[RunSpec], DictConfig], Outcome]
 LAUNCHERS: dict[str, Launcher] = {}
 
 
@@ -27,11 +42,99 @@ def register_launcher(name: str) -> Callable[[Launcher], Launcher]:
     return add
 
 
+def prepare(cfg: DictConfig) -> None:
+    """Launcher checks that need the outside world (SLURM's commands, its partitions),
+    made before any work; raises UsageError."""
+    from harness.errors import UsageError
+
+    if cfg.launcher == "slurm":
+        from harness.slurm import check_cluster
+
+        if cfg.device == "auto":  # it would resolve here, on the submitting machine
+            raise UsageError("launcher=slurm needs device=cpu or device=cuda, not auto")
+        if cfg.device == "cuda" and cfg.slurm.gpus_per_node < 1:
+            raise UsageError("device=cuda with launcher=slurm needs slurm.gpus_per_node >= 1")
+        check_cluster(cfg)
+    elif cfg.launcher == "local_parallel":
+        _needs_submitit()
+
+
+def _needs_submitit() -> None:
+    from harness.errors import UsageError
+
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        raise UsageError("this launcher needs submitit: pip install -e '.[slurm]'") from None
+
+
 @register_launcher("inprocess")
-def launch_inprocess(plan: list[RunSpec], cfg: DictConfig) -> None:
+def launch_inprocess(plan: list[RunSpec], cfg: DictConfig) -> Outcome:
     from harness.train import train_run  # the trainer is heavy; load it only to run
 
     for spec in tqdm(
         plan, desc=f"suite {cfg.suite}", unit="run", disable=not cfg.progress, dynamic_ncols=True
     ):
         train_run(spec, cfg)
+    return Outcome(finished=True)
+
+
+@register_launcher("local_parallel")
+def launch_local_parallel(plan: list[RunSpec], cfg: DictConfig) -> Outcome:
+    """Up to ``parallel`` runs at once, each in its own process (submitit's
+    LocalExecutor starts whatever it is given at once, so the queue is kept here).
+    A run starts when the runs it depends on have ended; if one of them failed, it
+    fails at once with an error that names it."""
+    import submitit
+
+    from harness.jobs import RunJob, job_config
+
+    folder = Path(cfg.results) / cfg.suite / "local"
+    executor = submitit.LocalExecutor(folder=folder / "%j")
+    executor.update_parameters(timeout_min=60 * 24 * 365)  # no time limit on one's own machine
+    config = job_config(cfg, threads=max(1, (os.cpu_count() or 1) // cfg.parallel))
+    waiting = [s for s in plan if not run_record(cfg.results, s.suite, s.run_id).is_done()]
+    running: dict[str, submitit.LocalJob] = {}
+    bar = tqdm(
+        total=len(plan),
+        initial=len(plan) - len(waiting),
+        desc=f"suite {cfg.suite}",
+        unit="run",
+        disable=not cfg.progress,
+        dynamic_ncols=True,
+    )
+    while waiting or running:
+        for run_id, job in list(running.items()):
+            if job.done():
+                del running[run_id]
+                bar.update(1)
+        unfinished = {s.run_id for s in waiting} | set(running)
+        for spec in list(waiting):
+            if len(running) >= cfg.parallel:
+                break
+            if not unfinished.intersection(spec.depends_on):
+                running[spec.run_id] = executor.submit(RunJob(spec, config))
+                waiting.remove(spec)
+        time.sleep(0.2)
+    bar.close()
+    return Outcome(finished=True, failed=_not_done(plan, cfg))
+
+
+def _not_done(plan: list[RunSpec], cfg: DictConfig) -> int:
+    return sum(not run_record(cfg.results, s.suite, s.run_id).is_done() for s in plan)
+
+
+@register_launcher("slurm")
+def launch_slurm(plan: list[RunSpec], cfg: DictConfig) -> Outcome:
+    from harness import slurm
+
+    submission = slurm.submit(plan, cfg, slurm.check_cluster(cfg))
+    slurm.print_submission(submission, cfg)
+    if not submission.arrays and not submission.live:
+        return Outcome(finished=True)  # every run is done: report here
+    if not cfg.wait:
+        return Outcome(finished=False)
+    ledger = slurm.read_ledger(slurm.slurm_dir(cfg))
+    live = [ledger["runs"][s.run_id]["job"] for s in plan if s.run_id in ledger["runs"]]
+    slurm.wait(plan, cfg, submission.job_ids() + live)
+    return Outcome(finished=True, failed=_not_done(plan, cfg))

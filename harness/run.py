@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from harness.config import load_config
 from harness.data import load_dataset, load_or_store_split
 from harness.errors import UsageError
-from harness.launchers import LAUNCHERS
+from harness.launchers import LAUNCHERS, prepare
 from harness.method import get_method
 from harness.models import build_encoder
 from harness.plan import RunSpec, make_plan
@@ -28,7 +28,8 @@ from harness.report import build_report, print_report
 def validate(argv: list[str]) -> tuple[DictConfig, list[RunSpec]]:
     """The config and plan for ``argv``; raises UsageError, writes nothing."""
     cfg = load_config(argv)
-    if cfg.device == "cuda" and not torch.cuda.is_available():
+    prepare(cfg)
+    if cfg.device == "cuda" and cfg.launcher != "slurm" and not torch.cuda.is_available():
         raise UsageError("device=cuda but torch sees no CUDA device; valid here: cpu, auto")
     results = Path(cfg.results)
     if results.exists() and not results.is_dir():
@@ -78,9 +79,17 @@ def main(argv: list[str] | None = None) -> int:
     suite_dir = Path(cfg.results) / cfg.suite
     done = sum((suite_dir / spec.run_id / "metrics.json").is_file() for spec in plan)
     print(f"suite {cfg.suite}: {len(plan)} runs planned, {done} already done", file=sys.stderr)
-    LAUNCHERS[cfg.launcher](plan, cfg)
-    print_report(cfg, build_report(cfg, plan))
+    outcome = LAUNCHERS[cfg.launcher](plan, cfg)
+    if outcome.finished:
+        print_report(cfg, build_report(cfg, plan))
     print(f"run records: {suite_dir}/<run_id>/", file=sys.stderr)
+    if outcome.failed:
+        print(
+            f"error: {outcome.failed} of {len(plan)} runs did not finish; their errors: "
+            f"python -m harness.status {' '.join(argv)}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

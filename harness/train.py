@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 import time
 import traceback
 from collections.abc import Iterator
@@ -331,6 +332,13 @@ def _train_run(spec: RunSpec, cfg: DictConfig, record: RunRecord) -> dict[str, A
         method.load_state_dict(checkpoint["method"])
         history = checkpoint["history"]
         start_stage, start_epoch = checkpoint["stage_index"], checkpoint["epoch"]
+        names = [stage.name for stage in method.stages()]
+        where = (
+            f"stage {names[start_stage]} after epoch {start_epoch}"
+            if start_stage < len(names)
+            else "the final evaluation"
+        )
+        print(f"run {spec.run_id}: resuming from its checkpoint at {where}", file=sys.stderr)
         # killed between checkpoint and CSV: the CSV may lack the last row
         record.write_history(history)
     started = time.perf_counter()

@@ -1,0 +1,98 @@
+"""What a launcher hands to a worker process: one run, or the report, as a picklable callable.
+
+submitit pickles these into its job folder and calls them in the worker. ``RunJob``
+is *checkpointable* in submitit's sense: when SLURM announces the end of a job's
+time (or a preemption) with SIGUSR2, submitit calls ``checkpoint`` and requeues
+what it returns. A run's state is already on disk (the trainer checkpoints every
+epoch, atomically), so requeueing the same callable is all it takes: the next
+attempt resumes from the last finished epoch and, an epoch's data order and RNG
+being a function of (seed, stage, epoch), ends with the same numbers. At most the
+epoch in progress is computed twice.
+
+The config travels as a plain dict (not a DictConfig): it pickles small and fast,
+which matters at a thousand tasks per array.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from harness.plan import RunSpec
+
+
+def job_config(cfg: DictConfig, threads: int) -> dict[str, Any]:
+    """The config a worker runs with: the results root made absolute (a job may start
+    in another folder), and ``threads`` fixed where the suite leaves it to torch, so
+    jobs sharing a node do not each take every core."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(plain, dict)
+    plain["results"] = str(Path(cfg.results).resolve())
+    plain["threads"] = cfg.threads or threads
+    plain["progress"] = False  # a bar in a log file is noise
+    return plain
+
+
+def _load(config: dict[str, Any]) -> DictConfig:
+    cfg = OmegaConf.create(config)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """Train (or resume, or skip) one run: the body of one array task."""
+
+    spec: RunSpec
+    config: dict[str, Any]
+
+    def __call__(self) -> dict[str, Any]:
+        from harness.train import train_run  # heavy: only in the worker
+
+        print(f"run {self.spec.run_id}: {self.spec.describe()} (pid {os.getpid()})", flush=True)
+        return train_run(self.spec, _load(self.config))
+
+    def checkpoint(self) -> Any:
+        """Called by submitit on SIGUSR2 (time limit or preemption): requeue the same run;
+        it resumes from ``checkpoint.pt``."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self)
+
+
+@dataclass(frozen=True)
+class ReportJob:
+    """Write the suite's report once every run job has ended (the aggregation job)."""
+
+    plan: tuple[RunSpec, ...]
+    config: dict[str, Any]
+
+    def __call__(self) -> str:
+        from harness.report import build_report
+
+        return str(build_report(_load(self.config), list(self.plan)).folder)
+
+
+def waves(specs: list[RunSpec]) -> list[list[RunSpec]]:
+    """``specs`` grouped so that every run comes one wave after the latest run it
+    depends on *among specs*; dependencies outside (done, or queued earlier) do not
+    delay a run. ``specs`` is in plan order: dependencies first."""
+    wave_of: dict[str, int] = {}
+    grouped: list[list[RunSpec]] = []
+    for spec in specs:
+        inside = [wave_of[run] for run in spec.depends_on if run in wave_of]
+        wave = 1 + max(inside) if inside else 0
+        wave_of[spec.run_id] = wave
+        if wave == len(grouped):
+            grouped.append([])
+        grouped[wave].append(spec)
+    return grouped
+
+
+def chunks(specs: list[RunSpec], size: int) -> list[list[RunSpec]]:
+    """``specs`` cut into arrays of at most ``size`` tasks (SLURM's MaxArraySize)."""
+    return [specs[start : start + size] for start in range(0, len(specs), size)]

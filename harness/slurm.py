@@ -1,0 +1,347 @@
+"""Submit a plan to SLURM as submitit array jobs, and ask SLURM what became of them.
+
+One array job per *wave* (all runs whose dependencies are outside the wave: step-1
+runs first, then the runs that start from them), cut below the cluster's
+MaxArraySize; every wave after the first waits for the arrays holding its
+dependencies (``afterany``), then one report job waits for all of them. A wave
+waits with ``afterany``, not ``afterok``: ``afterok`` on an array waits for *every*
+task, so one failed baseline would leave every later run pending forever. A run
+whose source run failed instead fails at once with an error naming that run.
+
+The ledger ``results/<suite>/slurm/jobs.json`` maps each submitted run to its job
+id; it is what keeps a resubmission from submitting a run that is still queued or
+running (checked against ``squeue``), and what ``harness.status`` reads. Submission
+holds ``slurm/.lock``, so two concurrent submissions of a suite cannot both submit
+a run. submitit's job folders (pickles and logs) are ``slurm/<job id>/``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from harness.errors import UsageError, unknown
+from harness.jobs import ReportJob, RunJob, chunks, job_config, waves
+from harness.plan import RunSpec
+from harness.store import atomic_write_text, run_record
+
+# squeue states of a job that will still run (or is running): not to be submitted again
+LIVE_STATES = frozenset(
+    {
+        "PENDING",
+        "CONFIGURING",
+        "RUNNING",
+        "COMPLETING",
+        "REQUEUED",
+        "REQUEUE_FED",
+        "REQUEUE_HOLD",
+        "RESIZING",
+        "SUSPENDED",
+        "STAGE_OUT",
+        "SIGNALING",
+    }
+)
+RUNNING_STATES = frozenset({"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING"})
+COMMANDS = ("sbatch", "squeue", "srun", "sinfo", "scontrol")
+
+
+def slurm_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.results) / cfg.suite / "slurm"
+
+
+# ---------------------------------------------------------------- the cluster
+
+
+def _slurm(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=60)
+
+
+def check_cluster(cfg: DictConfig) -> int:
+    """Everything ``launcher=slurm`` needs, checked before any work; returns the
+    tasks per array (``slurm.max_array_size``, else the cluster's MaxArraySize)."""
+    missing = [name for name in COMMANDS if shutil.which(name) is None]
+    if missing:
+        raise UsageError(
+            f"launcher=slurm needs SLURM's commands on PATH (missing: {', '.join(missing)}); "
+            "valid here: launcher=inprocess or launcher=local_parallel"
+        )
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        raise UsageError("launcher=slurm needs submitit: pip install -e '.[slurm]'") from None
+    listed = _slurm("sinfo", "-h", "-o", "%P")
+    if listed.returncode != 0:
+        raise UsageError(f"launcher=slurm: sinfo failed ({listed.stderr.strip()})")
+    partitions = [name.rstrip("*") for name in listed.stdout.split()]
+    if cfg.slurm.partition and cfg.slurm.partition not in partitions:
+        raise unknown("slurm.partition", cfg.slurm.partition, partitions)
+    if cfg.slurm.max_array_size:
+        return cfg.slurm.max_array_size
+    shown = _slurm("scontrol", "show", "config")
+    for line in shown.stdout.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "MaxArraySize":
+            return int(value.strip())
+    return 1001  # SLURM's default
+
+
+def live_jobs(job_ids: list[str]) -> dict[str, tuple[str, str]]:
+    """``{job id: (state, reason)}`` of those of ``job_ids`` (or of their arrays) that
+    squeue still lists, one line per array task; one squeue call."""
+    arrays = sorted({job.split("_")[0] for job in job_ids})
+    if not arrays:
+        return {}
+    shown = _slurm("squeue", "-h", "-r", "-j", ",".join(arrays), "-o", "%i|%T|%r")
+    if shown.returncode != 0:
+        if "Invalid job id" in shown.stderr:  # all of them have left the queue
+            return {}
+        raise RuntimeError(f"squeue failed: {shown.stderr.strip()}")
+    jobs = {}
+    for line in shown.stdout.splitlines():
+        job, state, reason = line.split("|", 2)
+        if state in LIVE_STATES:
+            jobs[job] = (state, reason)
+    return jobs
+
+
+def job_history(job_ids: list[str]) -> dict[str, list[str]]:
+    """``{job id: [state of each attempt]}`` from accounting (``sacct -D``: a requeued
+    job has one REQUEUED or PREEMPTED record per earlier attempt); ``{}`` where
+    accounting is not available."""
+    arrays = sorted({job.split("_")[0] for job in job_ids})
+    if not arrays or shutil.which("sacct") is None:
+        return {}
+    shown = _slurm("sacct", "-n", "-D", "-X", "-P", "-o", "JobID,State", "-j", ",".join(arrays))
+    history: dict[str, list[str]] = {}
+    if shown.returncode != 0:
+        return history
+    for line in shown.stdout.splitlines():
+        job, _, state = line.partition("|")
+        history.setdefault(job, []).append(state.split()[0] if state else "UNKNOWN")
+    return history
+
+
+# ---------------------------------------------------------------- the ledger
+
+
+def read_ledger(folder: Path) -> dict[str, Any]:
+    path = folder / "jobs.json"
+    if not path.is_file():
+        return {"runs": {}, "reports": []}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{path} is damaged ({error}); move it away to start afresh") from None
+
+
+def write_ledger(folder: Path, ledger: dict[str, Any]) -> None:
+    atomic_write_text(folder / "jobs.json", json.dumps(ledger, indent=1, sort_keys=True) + "\n")
+
+
+@contextmanager
+def ledger_lock(folder: Path) -> Iterator[None]:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def log_files(folder: Path, job_id: str) -> tuple[Path, Path]:
+    """submitit's stdout and stderr of a job's first task."""
+    return (
+        folder / job_id / f"{job_id}_0_log.out",
+        folder / job_id / f"{job_id}_0_log.err",
+    )
+
+
+# ---------------------------------------------------------------- submission
+
+
+@dataclass
+class Submission:
+    """What one ``harness.run launcher=slurm`` did."""
+
+    done: int = 0  # runs already finished: skipped
+    live: int = 0  # runs already queued or running: not submitted again
+    arrays: list[dict[str, Any]] = field(default_factory=list)  # wave, job, tasks, after
+    report_job: str | None = None
+    sbatch_calls: int = 0
+
+    @property
+    def submitted(self) -> int:
+        return sum(array["tasks"] for array in self.arrays)
+
+    def job_ids(self) -> list[str]:
+        return [a["job"] for a in self.arrays] + ([self.report_job] if self.report_job else [])
+
+
+def _executor(cfg: DictConfig, folder: Path, **overrides: Any) -> Any:
+    import submitit
+
+    executor = submitit.SlurmExecutor(
+        folder=folder / "%j", max_num_timeout=cfg.slurm.max_num_timeout
+    )
+    slurm = cfg.slurm
+    params: dict[str, Any] = {
+        "job_name": f"{cfg.suite}",
+        "time": slurm.time_min,
+        "nodes": slurm.nodes,
+        "ntasks_per_node": 1,  # one process per run until DDP
+        "cpus_per_task": slurm.cpus_per_task,
+        "mem": _megabytes(slurm.mem_gb),
+        "array_parallelism": slurm.array_parallelism,
+        "signal_delay_s": slurm.signal_delay_s,
+        "gpus_per_node": slurm.gpus_per_node or None,
+        "partition": slurm.partition or None,
+        "account": slurm.account or None,
+        "qos": slurm.qos or None,
+        "constraint": slurm.constraint or None,
+        "setup": list(slurm.setup) or None,
+        "additional_parameters": dict(slurm.additional) or None,
+    }
+    params.update(overrides)
+    executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    return executor
+
+
+def _megabytes(gigabytes: float) -> str:
+    return f"{round(gigabytes * 1024)}M"
+
+
+def _after(job_ids: list[str]) -> str | None:
+    return "afterany:" + ":".join(job_ids) if job_ids else None
+
+
+def submit(plan: list[RunSpec], cfg: DictConfig, max_array_size: int) -> Submission:
+    """Submit every run of ``plan`` that is neither done nor queued/running, in waves."""
+    folder = slurm_dir(cfg)
+    outcome = Submission()
+    config = job_config(cfg, threads=cfg.slurm.cpus_per_task)
+    with ledger_lock(folder):
+        ledger = read_ledger(folder)
+        known = ledger["runs"]
+        live = live_jobs([known[s.run_id]["job"] for s in plan if s.run_id in known])
+        queued: dict[str, str] = {}  # run id -> the live job that will finish it
+        todo = []
+        for spec in plan:
+            if run_record(cfg.results, spec.suite, spec.run_id).is_done():
+                outcome.done += 1
+            elif spec.run_id in known and known[spec.run_id]["job"] in live:
+                queued[spec.run_id] = known[spec.run_id]["job"]
+                outcome.live += 1
+            else:
+                todo.append(spec)
+        array_of: dict[str, str] = {}  # run id -> array (or job) id submitted now
+        for wave, specs in enumerate(waves(todo)):
+            for chunk in chunks(specs, max_array_size):
+                after = _dependencies(chunk, array_of, queued)
+                executor = _executor(
+                    cfg, folder, job_name=f"{cfg.suite}-wave{wave}", dependency=_after(after)
+                )
+                with executor.batch():
+                    jobs = [executor.submit(RunJob(spec, config)) for spec in chunk]
+                outcome.sbatch_calls += 1
+                array = jobs[0].job_id.split("_")[0]
+                stamp = datetime.now(UTC).isoformat(timespec="seconds")
+                for spec, job in zip(chunk, jobs, strict=True):
+                    array_of[spec.run_id] = array
+                    known[spec.run_id] = {"job": job.job_id, "wave": wave, "submitted": stamp}
+                outcome.arrays.append(
+                    {"wave": wave, "job": array, "tasks": len(chunk), "after": after}
+                )
+                write_ledger(folder, ledger)  # after every sbatch: a crash loses no job id
+        if outcome.arrays:
+            after = sorted({a["job"] for a in outcome.arrays} | set(queued.values()))
+            executor = _executor(
+                cfg,
+                folder,
+                job_name=f"{cfg.suite}-report",
+                dependency=_after(after),
+                cpus_per_task=1,
+                mem=_megabytes(cfg.slurm.report_mem_gb),
+                gpus_per_node=None,
+                additional_parameters=None,
+            )
+            outcome.report_job = executor.submit(ReportJob(tuple(plan), config)).job_id
+            outcome.sbatch_calls += 1
+            ledger["reports"].append(outcome.report_job)
+            write_ledger(folder, ledger)
+    return outcome
+
+
+def _dependencies(
+    chunk: list[RunSpec], array_of: dict[str, str], queued: dict[str, str]
+) -> list[str]:
+    """The jobs an array waits for: the arrays submitted now that hold its runs'
+    dependencies, and the live jobs of dependencies submitted earlier."""
+    jobs = set()
+    for spec in chunk:
+        for dep in spec.depends_on:
+            if dep in array_of:
+                jobs.add(array_of[dep])
+            elif dep in queued:
+                jobs.add(queued[dep])
+    return sorted(jobs)
+
+
+def print_submission(outcome: Submission, cfg: DictConfig) -> None:
+    err = sys.stderr
+    if not outcome.arrays:
+        print(
+            f"nothing submitted: {outcome.done} runs done, {outcome.live} queued or running",
+            file=err,
+        )
+        return
+    for array in outcome.arrays:
+        after = f", after {','.join(array['after'])}" if array["after"] else ""
+        print(f"wave {array['wave']}: job {array['job']} ({array['tasks']} runs{after})", file=err)
+    print(f"report: job {outcome.report_job} (after every wave)", file=err)
+    print(
+        f"submitted {outcome.submitted} runs in {outcome.sbatch_calls} sbatch calls "
+        f"({outcome.done} done, {outcome.live} already queued or running)",
+        file=err,
+    )
+    print(
+        f"logs: {slurm_dir(cfg)}/<job id>/ ; states: python -m harness.status "
+        f"suite={cfg.suite} (with the same keys)",
+        file=err,
+    )
+
+
+def wait(plan: list[RunSpec], cfg: DictConfig, job_ids: list[str]) -> None:
+    """Block until none of ``job_ids`` is in the queue, with a bar of runs done."""
+    records = [run_record(cfg.results, spec.suite, spec.run_id) for spec in plan]
+    bar = tqdm(
+        total=len(plan),
+        desc=f"suite {cfg.suite} on SLURM",
+        unit="run",
+        disable=not cfg.progress,
+        dynamic_ncols=True,
+    )
+    while True:
+        live = live_jobs(job_ids)
+        bar.n = sum(record.is_done() for record in records)
+        running = sum(state in RUNNING_STATES for state, _ in live.values())
+        failed = sum(r.failure_file.is_file() and not r.is_done() for r in records)
+        bar.set_postfix(running=running, queued=len(live) - running, failed=failed)
+        bar.refresh()
+        if not live:
+            break
+        time.sleep(cfg.slurm.poll_s)
+    bar.close()
