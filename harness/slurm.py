@@ -130,8 +130,22 @@ def job_history(job_ids: list[str]) -> dict[str, list[str]]:
         return history
     for line in shown.stdout.splitlines():
         job, _, state = line.partition("|")
-        history.setdefault(job, []).append(state.split()[0] if state else "UNKNOWN")
+        for task in array_tasks(job):
+            history.setdefault(task, []).append(state.split()[0] if state else "UNKNOWN")
     return history
+
+
+def array_tasks(job: str) -> list[str]:
+    """``"12_[0-2,5%4]"`` (an array's tasks that never started, as sacct lists them)
+    -> ``["12_0", "12_1", "12_2", "12_5"]``; any other id -> ``[job]``."""
+    array, sep, ranges = job.partition("_[")
+    if not sep:
+        return [job]
+    tasks = []
+    for part in ranges.rstrip("]").split("%")[0].split(","):
+        first, _, last = part.partition("-")
+        tasks += [f"{array}_{i}" for i in range(int(first), int(last or first) + 1)]
+    return tasks
 
 
 # ---------------------------------------------------------------- the ledger
@@ -154,7 +168,7 @@ def write_ledger(folder: Path, ledger: dict[str, Any]) -> None:
 @contextmanager
 def ledger_lock(folder: Path) -> Iterator[None]:
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as handle:
+    with open(folder / ".lock", "a") as handle:  # "a": never touches the file's mtime
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

@@ -77,15 +77,9 @@ def run_states(cfg: DictConfig, plan: list[RunSpec]) -> list[RunState]:
             detail = "" if reason in ("None", "") else reason
             states.append(RunState(state=name, progress=progress, detail=detail, **common))
         elif record.failure_file.is_file():
-            error = _failure(record)
+            error, trace = _failure(record)
             states.append(
-                RunState(
-                    state="failed",
-                    progress=progress,
-                    detail=error.splitlines()[-1],
-                    error=error,
-                    **common,
-                )
+                RunState(state="failed", progress=progress, detail=error, error=trace, **common)
             )
         elif job and attempts and attempts[-1] not in ("COMPLETED", "PENDING", "RUNNING"):
             # SLURM ended the job without the run writing a word: read its log
@@ -107,14 +101,15 @@ def run_states(cfg: DictConfig, plan: list[RunSpec]) -> list[RunState]:
     return states
 
 
-def _failure(record: RunRecord, lines: int = 3) -> str:
-    """The last lines of the recorded traceback (they end with the error)."""
+def _failure(record: RunRecord, lines: int = 3) -> tuple[str, str]:
+    """The recorded error's first line, and the last lines of its traceback."""
     try:
         failure = json.loads(record.failure_file.read_text())
     except (OSError, json.JSONDecodeError) as error:
-        return f"failed.json unreadable: {error}"
+        return f"failed.json unreadable: {error}", ""
+    error = (failure.get("error") or "?").splitlines()[0]
     trace = [line for line in failure.get("traceback", "").splitlines() if line.strip()]
-    return "\n".join(trace[-lines:]) or failure.get("error", "")
+    return error, "\n".join(trace[-lines:]) or error
 
 
 def _log_tail(path: Path, lines: int = 3) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +23,7 @@ FAST = [
 
 
 def run_cli(
-    *args: str, module: str = "harness.run", timeout: float = 300
+    *args: str, module: str = "harness.run", timeout: float = 300, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", module, *args],
@@ -29,6 +31,7 @@ def run_cli(
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=env,
     )
 
 
@@ -47,3 +50,49 @@ needs_fashion_mnist = pytest.mark.skipif(
     not (FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(),
     reason="Debian's dataset-fashion-mnist is not installed (.ci/run installs it)",
 )
+
+
+CLUSTER_SCRIPT = REPO / "slurm" / "cluster.sh"
+SLURM_PROGRAMS = ("slurmctld", "slurmd", "slurmdbd", "munged", "mariadbd", "sbatch", "sacct")
+
+
+def _why_no_cluster() -> str | None:
+    missing = [
+        name
+        for name in SLURM_PROGRAMS
+        if shutil.which(name) is None and not os.path.exists(f"/usr/sbin/{name}")
+    ]
+    if os.geteuid() != 0 or missing:
+        return (
+            "slurm/cluster.sh needs root and Debian's slurmctld slurmd slurm-client slurmdbd "
+            f"munge mariadb-server (missing: {missing or 'none'}; root: {os.geteuid() == 0})"
+        )
+    return None
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A running single-node SLURM cluster (slurm/cluster.sh): started here and stopped
+    after the session, also when tests fail, unless it was already up. Skipped where it
+    cannot start, except under CI, which must run these tests."""
+    why = _why_no_cluster()
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the SLURM tests, but {why}")
+        pytest.skip(why)
+    status = subprocess.run([CLUSTER_SCRIPT, "status"], capture_output=True, text=True)
+    was_up = "slurmctld: running" in status.stdout
+    started = subprocess.run([CLUSTER_SCRIPT, "start"], capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stderr
+    conf = started.stdout.strip().removeprefix("export SLURM_CONF=")
+    before = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = conf  # for the CLI subprocesses and the slurm commands here
+    try:
+        yield conf
+    finally:
+        if before is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = before
+        if not was_up:
+            subprocess.run([CLUSTER_SCRIPT, "stop"], capture_output=True, timeout=120)
