@@ -128,7 +128,7 @@ def _not_done(plan: list[RunSpec], cfg: DictConfig) -> int:
 def launch_slurm(plan: list[RunSpec], cfg: DictConfig) -> Outcome:
     from harness import slurm
 
-    submission = slurm.submit(plan, cfg, slurm.check_cluster(cfg))
+    submission = slurm.submit(plan, cfg)  # run.validate has run slurm.check_cluster
     slurm.print_submission(submission, cfg)
     if not submission.arrays and not submission.live:
         return Outcome(finished=True)  # every run is done: report here

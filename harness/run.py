@@ -22,7 +22,6 @@ from harness.launchers import LAUNCHERS, prepare
 from harness.method import get_method
 from harness.models import build_encoder
 from harness.plan import RunSpec, make_plan
-from harness.report import build_report, print_report
 
 
 def validate(argv: list[str]) -> tuple[DictConfig, list[RunSpec]]:
@@ -44,13 +43,11 @@ def validate(argv: list[str]) -> tuple[DictConfig, list[RunSpec]]:
         method = get_method(name)(cfg)
         method.build_model(encoder, dataset)
         pool_stages |= {s.name for s in method.stages() if s.unlabeled}
-    for spec in plan:
-        split = load_or_store_split(
-            Path(cfg.results), dataset, spec.labels, spec.split_seed, store=False
-        )
+    for labels, seed in dict.fromkeys((spec.labels, spec.split_seed) for spec in plan):
+        split = load_or_store_split(Path(cfg.results), dataset, labels, seed, store=False)
         if pool_stages and len(split.unlabeled) == 0:
             raise UsageError(
-                f"label budget {spec.labels} leaves no unlabeled images, but stage(s) "
+                f"label budget {labels} leaves no unlabeled images, but stage(s) "
                 f"{', '.join(sorted(pool_stages))} train on the unlabeled pool; "
                 "use a smaller budget"
             )
@@ -81,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"suite {cfg.suite}: {len(plan)} runs planned, {done} already done", file=sys.stderr)
     outcome = LAUNCHERS[cfg.launcher](plan, cfg)
     if outcome.finished:
+        from harness.report import build_report, print_report  # scipy, pandas: slow to import
+
         print_report(cfg, build_report(cfg, plan))
     print(f"run records: {suite_dir}/<run_id>/", file=sys.stderr)
     if outcome.failed:

@@ -69,9 +69,9 @@ def _slurm(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(list(args), capture_output=True, text=True, timeout=60)
 
 
-def check_cluster(cfg: DictConfig) -> int:
-    """Everything ``launcher=slurm`` needs, checked before any work; returns the
-    tasks per array (``slurm.max_array_size``, else the cluster's MaxArraySize)."""
+def check_cluster(cfg: DictConfig) -> None:
+    """Everything ``launcher=slurm`` needs, checked before any work: SLURM's commands,
+    submitit, the partition."""
     missing = [name for name in COMMANDS if shutil.which(name) is None]
     if missing:
         raise UsageError(
@@ -88,6 +88,10 @@ def check_cluster(cfg: DictConfig) -> int:
     partitions = [name.rstrip("*") for name in listed.stdout.split()]
     if cfg.slurm.partition and cfg.slurm.partition not in partitions:
         raise unknown("slurm.partition", cfg.slurm.partition, partitions)
+
+
+def array_size(cfg: DictConfig) -> int:
+    """Tasks per array: ``slurm.max_array_size``, else the cluster's MaxArraySize."""
     if cfg.slurm.max_array_size:
         return cfg.slurm.max_array_size
     shown = _slurm("scontrol", "show", "config")
@@ -242,8 +246,9 @@ def _after(job_ids: list[str]) -> str | None:
     return "afterany:" + ":".join(job_ids) if job_ids else None
 
 
-def submit(plan: list[RunSpec], cfg: DictConfig, max_array_size: int) -> Submission:
-    """Submit every run of ``plan`` that is neither done nor queued/running, in waves."""
+def submit(plan: list[RunSpec], cfg: DictConfig) -> Submission:
+    """Submit every run of ``plan`` that is neither done nor queued/running, in waves
+    (``check_cluster`` has passed)."""
     folder = slurm_dir(cfg)
     outcome = Submission()
     config = job_config(cfg, threads=cfg.slurm.cpus_per_task)
@@ -262,8 +267,9 @@ def submit(plan: list[RunSpec], cfg: DictConfig, max_array_size: int) -> Submiss
             else:
                 todo.append(spec)
         array_of: dict[str, str] = {}  # run id -> array (or job) id submitted now
+        size = array_size(cfg) if todo else 0
         for wave, specs in enumerate(waves(todo)):
-            for chunk in chunks(specs, max_array_size):
+            for chunk in chunks(specs, size):
                 after = _dependencies(chunk, array_of, queued)
                 executor = _executor(
                     cfg, folder, job_name=f"{cfg.suite}-wave{wave}", dependency=_after(after)
