@@ -32,6 +32,14 @@ from tabulate import tabulate
 from harness.config import load_config
 from harness.errors import UsageError
 from harness.plan import RunSpec, make_plan
+from harness.slurm import (
+    RUNNING_STATES,
+    job_history,
+    live_jobs,
+    log_files,
+    read_ledger,
+    slurm_dir,
+)
 from harness.store import RunRecord, run_record
 
 STATES = ("planned", "queued", "running", "incomplete", "failed", "done")
@@ -52,10 +60,7 @@ class RunState:
 
 
 def run_states(cfg: DictConfig, plan: list[RunSpec]) -> list[RunState]:
-    from harness.slurm import RUNNING_STATES, job_history, live_jobs, log_files, read_ledger
-    from harness.slurm import slurm_dir as ledger_dir
-
-    folder = ledger_dir(cfg)
+    folder = slurm_dir(cfg)
     submitted = read_ledger(folder)["runs"]
     jobs = {s.run_id: submitted[s.run_id]["job"] for s in plan if s.run_id in submitted}
     live = live_jobs(list(jobs.values())) if jobs else {}
