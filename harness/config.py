@@ -334,6 +334,11 @@ def _check_values(cfg: DictConfig) -> None:
             f"slurm.nodes={cfg.slurm.nodes}: a run uses one node (multi-node training needs "
             "DistributedDataParallel, not written yet); valid: 1"
         )
+    if cfg.slurm.signal_delay_s >= 60 * cfg.slurm.time_min:
+        raise UsageError(
+            f"slurm.signal_delay_s={cfg.slurm.signal_delay_s} would signal the end of a "
+            f"{cfg.slurm.time_min}-minute job at its start; valid: below {60 * cfg.slurm.time_min}"
+        )
     for key in ("mem_gb", "report_mem_gb", "poll_s"):
         if not cfg.slurm[key] > 0:
             raise UsageError(f"slurm.{key} must be > 0, got {cfg.slurm[key]}")

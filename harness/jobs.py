@@ -96,3 +96,30 @@ def waves(specs: list[RunSpec]) -> list[list[RunSpec]]:
 def chunks(specs: list[RunSpec], size: int) -> list[list[RunSpec]]:
     """``specs`` cut into arrays of at most ``size`` tasks (SLURM's MaxArraySize)."""
     return [specs[start : start + size] for start in range(0, len(specs), size)]
+
+
+def plan_arrays(
+    specs: list[RunSpec], queued: set[str], size: int
+) -> list[tuple[int, list[RunSpec]]]:
+    """The arrays to submit for ``specs``, as (wave, runs): per wave, runs that wait on
+    the same runs ``queued`` by an earlier submission share arrays (a dependency
+    holds a whole array, so a fresh run must not share one with a run that waits),
+    cut at ``size`` tasks."""
+    arrays = []
+    for wave, members in enumerate(waves(specs)):
+        groups: dict[tuple[str, ...], list[RunSpec]] = {}
+        for spec in members:
+            key = tuple(sorted(queued.intersection(spec.depends_on)))
+            groups.setdefault(key, []).append(spec)
+        arrays += [(wave, chunk) for group in groups.values() for chunk in chunks(group, size)]
+    return arrays
+
+
+def needs_submitit(what: str) -> None:
+    """submitit is an optional extra: say how to install it (exit 2) where it is missing."""
+    from harness.errors import UsageError
+
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        raise UsageError(f"{what} needs submitit: pip install -e '.[slurm]'") from None

@@ -46,6 +46,7 @@ def prepare(cfg: DictConfig) -> None:
     """Launcher checks that need the outside world (SLURM's commands, its partitions),
     made before any work; raises UsageError."""
     from harness.errors import UsageError
+    from harness.jobs import needs_submitit
 
     if cfg.launcher == "slurm":
         from harness.slurm import check_cluster
@@ -56,16 +57,7 @@ def prepare(cfg: DictConfig) -> None:
             raise UsageError("device=cuda with launcher=slurm needs slurm.gpus_per_node >= 1")
         check_cluster(cfg)
     elif cfg.launcher == "local_parallel":
-        _needs_submitit()
-
-
-def _needs_submitit() -> None:
-    from harness.errors import UsageError
-
-    try:
-        import submitit  # noqa: F401
-    except ImportError:
-        raise UsageError("this launcher needs submitit: pip install -e '.[slurm]'") from None
+        needs_submitit("launcher=local_parallel")
 
 
 @register_launcher("inprocess")
@@ -86,13 +78,17 @@ def launch_local_parallel(plan: list[RunSpec], cfg: DictConfig) -> Outcome:
     A run starts when the runs it depends on have ended; if one of them failed, it
     fails at once with an error that names it."""
     import submitit
+    import torch
 
     from harness.jobs import RunJob, job_config
 
     folder = Path(cfg.results) / cfg.suite / "local"
     executor = submitit.LocalExecutor(folder=folder / "%j")
     executor.update_parameters(timeout_min=60 * 24 * 365)  # no time limit on one's own machine
-    config = job_config(cfg, threads=max(1, (os.cpu_count() or 1) // cfg.parallel))
+    # submitit hides every GPU from a worker unless given some: one each, in turn
+    gpus = torch.cuda.device_count() if cfg.device != "cpu" else 0
+    cores = len(os.sched_getaffinity(0))
+    config = job_config(cfg, threads=max(1, cores // cfg.parallel))
     waiting = [s for s in plan if not run_record(cfg.results, s.suite, s.run_id).is_done()]
     running: dict[str, submitit.LocalJob] = {}
     bar = tqdm(
@@ -103,6 +99,7 @@ def launch_local_parallel(plan: list[RunSpec], cfg: DictConfig) -> Outcome:
         disable=not cfg.progress,
         dynamic_ncols=True,
     )
+    started = 0
     while waiting or running:
         for run_id, job in list(running.items()):
             if job.done():
@@ -113,8 +110,11 @@ def launch_local_parallel(plan: list[RunSpec], cfg: DictConfig) -> Outcome:
             if len(running) >= cfg.parallel:
                 break
             if not unfinished.intersection(spec.depends_on):
+                if gpus:
+                    executor.update_parameters(gpus_per_node=1, visible_gpus=[started % gpus])
                 running[spec.run_id] = executor.submit(RunJob(spec, config))
                 waiting.remove(spec)
+                started += 1
         time.sleep(0.2)
     bar.close()
     return Outcome(finished=True, failed=_not_done(plan, cfg))
@@ -130,11 +130,9 @@ def launch_slurm(plan: list[RunSpec], cfg: DictConfig) -> Outcome:
 
     submission = slurm.submit(plan, cfg)  # run.validate has run slurm.check_cluster
     slurm.print_submission(submission, cfg)
-    if not submission.arrays and not submission.live:
+    if not submission.arrays and not submission.queued:
         return Outcome(finished=True)  # every run is done: report here
     if not cfg.wait:
         return Outcome(finished=False)
-    ledger = slurm.read_ledger(slurm.slurm_dir(cfg))
-    live = [ledger["runs"][s.run_id]["job"] for s in plan if s.run_id in ledger["runs"]]
-    slurm.wait(plan, cfg, submission.job_ids() + live)
+    slurm.wait(plan, cfg, submission)
     return Outcome(finished=True, failed=_not_done(plan, cfg))

@@ -9,6 +9,7 @@ report (``harness.report``) of the plan's runs is written and its table printed.
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if outcome.failed:
         print(
             f"error: {outcome.failed} of {len(plan)} runs did not finish; their errors: "
-            f"python -m harness.status {' '.join(argv)}",
+            f"python -m harness.status {shlex.join(argv)}",
             file=sys.stderr,
         )
         return 1

@@ -18,6 +18,7 @@ a run. submitit's job folders (pickles and logs) are ``slurm/<job id>/``.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import shutil
 import subprocess
@@ -34,7 +35,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from harness.errors import UsageError, unknown
-from harness.jobs import ReportJob, RunJob, chunks, job_config, waves
+from harness.jobs import ReportJob, RunJob, job_config, needs_submitit, plan_arrays
 from harness.plan import RunSpec
 from harness.store import atomic_write_text, run_record
 
@@ -65,54 +66,78 @@ def slurm_dir(cfg: DictConfig) -> Path:
 # ---------------------------------------------------------------- the cluster
 
 
+class SlurmUnavailable(RuntimeError):
+    """A SLURM command could not be run or failed (slurmctld down, SLURM_CONF unset)."""
+
+
 def _slurm(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(list(args), capture_output=True, text=True, timeout=60)
+    try:
+        return subprocess.run(list(args), capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise SlurmUnavailable(f"{args[0]}: {error}") from None
+
+
+def array_id(job: str) -> str:
+    """``"12_3"`` -> ``"12"``: the array (or plain job) a job id belongs to."""
+    return job.split("_")[0]
 
 
 def check_cluster(cfg: DictConfig) -> None:
     """Everything ``launcher=slurm`` needs, checked before any work: SLURM's commands,
-    submitit, the partition."""
+    submitit, the partition, and that SLURM accepts the job settings
+    (``sbatch --test-only``: memory, GPUs, time, account, qos, extra flags)."""
     missing = [name for name in COMMANDS if shutil.which(name) is None]
     if missing:
         raise UsageError(
             f"launcher=slurm needs SLURM's commands on PATH (missing: {', '.join(missing)}); "
             "valid here: launcher=inprocess or launcher=local_parallel"
         )
+    needs_submitit("launcher=slurm")
     try:
-        import submitit  # noqa: F401
-    except ImportError:
-        raise UsageError("launcher=slurm needs submitit: pip install -e '.[slurm]'") from None
-    listed = _slurm("sinfo", "-h", "-o", "%P")
-    if listed.returncode != 0:
-        raise UsageError(f"launcher=slurm: sinfo failed ({listed.stderr.strip()})")
-    partitions = [name.rstrip("*") for name in listed.stdout.split()]
-    if cfg.slurm.partition and cfg.slurm.partition not in partitions:
-        raise unknown("slurm.partition", cfg.slurm.partition, partitions)
+        listed = _slurm("sinfo", "-h", "-o", "%P")
+        if listed.returncode != 0:
+            raise SlurmUnavailable(listed.stderr.strip())
+        partitions = [name.rstrip("*") for name in listed.stdout.split()]
+        if cfg.slurm.partition and cfg.slurm.partition not in partitions:
+            raise unknown("slurm.partition", cfg.slurm.partition, partitions)
+        flags = [_flag(key, value) for key, value in _job_params(cfg).items() if key in SBATCH]
+        flags += [_flag(key, value) for key, value in cfg.slurm.additional.items()]
+        tried = _slurm("sbatch", "--test-only", *flags, "--wrap", "true")
+        cluster_size = max_array_size()
+    except SlurmUnavailable as error:
+        raise UsageError(f"launcher=slurm: SLURM does not answer ({error})") from None
+    if tried.returncode != 0:
+        refusal = " ".join(tried.stderr.split())
+        raise UsageError(f"SLURM refuses these job settings ({' '.join(flags)}): {refusal}")
+    if cfg.slurm.max_array_size > cluster_size:
+        raise UsageError(
+            f"slurm.max_array_size={cfg.slurm.max_array_size} exceeds the cluster's "
+            f"MaxArraySize ({cluster_size}); valid: 1 to {cluster_size}, or 0 for the cluster's"
+        )
 
 
-def array_size(cfg: DictConfig) -> int:
-    """Tasks per array: ``slurm.max_array_size``, else the cluster's MaxArraySize."""
-    if cfg.slurm.max_array_size:
-        return cfg.slurm.max_array_size
+@functools.cache
+def max_array_size() -> int:
+    """The cluster's MaxArraySize: the most tasks one array may hold."""
     shown = _slurm("scontrol", "show", "config")
     for line in shown.stdout.splitlines():
         key, _, value = line.partition("=")
         if key.strip() == "MaxArraySize":
-            return int(value.strip())
+            return max(1, int(value.strip()))
     return 1001  # SLURM's default
 
 
 def live_jobs(job_ids: list[str]) -> dict[str, tuple[str, str]]:
     """``{job id: (state, reason)}`` of those of ``job_ids`` (or of their arrays) that
     squeue still lists, one line per array task; one squeue call."""
-    arrays = sorted({job.split("_")[0] for job in job_ids})
+    arrays = sorted({array_id(job) for job in job_ids})
     if not arrays:
         return {}
     shown = _slurm("squeue", "-h", "-r", "-j", ",".join(arrays), "-o", "%i|%T|%r")
     if shown.returncode != 0:
         if "Invalid job id" in shown.stderr:  # all of them have left the queue
             return {}
-        raise RuntimeError(f"squeue failed: {shown.stderr.strip()}")
+        raise SlurmUnavailable(f"squeue: {shown.stderr.strip()}")
     jobs = {}
     for line in shown.stdout.splitlines():
         job, state, reason = line.split("|", 2)
@@ -125,7 +150,7 @@ def job_history(job_ids: list[str]) -> dict[str, list[str]]:
     """``{job id: [state of each attempt]}`` from accounting (``sacct -D``: a requeued
     job has one REQUEUED or PREEMPTED record per earlier attempt); ``{}`` where
     accounting is not available."""
-    arrays = sorted({job.split("_")[0] for job in job_ids})
+    arrays = sorted({array_id(job) for job in job_ids})
     if not arrays or shutil.which("sacct") is None:
         return {}
     shown = _slurm("sacct", "-n", "-D", "-X", "-P", "-o", "JobID,State", "-j", ",".join(arrays))
@@ -196,7 +221,7 @@ class Submission:
     """What one ``harness.run launcher=slurm`` did."""
 
     done: int = 0  # runs already finished: skipped
-    live: int = 0  # runs already queued or running: not submitted again
+    queued: dict[str, str] = field(default_factory=dict)  # run id -> its live job, kept
     arrays: list[dict[str, Any]] = field(default_factory=list)  # wave, job, tasks, after
     report_job: str | None = None
     sbatch_calls: int = 0
@@ -206,18 +231,23 @@ class Submission:
         return sum(array["tasks"] for array in self.arrays)
 
     def job_ids(self) -> list[str]:
-        return [a["job"] for a in self.arrays] + ([self.report_job] if self.report_job else [])
+        """Every job this suite now waits on: new arrays, kept runs, the report job."""
+        jobs = [a["job"] for a in self.arrays] + list(self.queued.values())
+        return jobs + ([self.report_job] if self.report_job else [])
 
 
-def _executor(cfg: DictConfig, folder: Path, **overrides: Any) -> Any:
-    import submitit
+# submitit parameters that are sbatch flags of the same name (for `sbatch --test-only`)
+SBATCH = frozenset(
+    {"time", "nodes", "ntasks_per_node", "cpus_per_task", "mem", "gpus_per_node"}
+    | {"partition", "account", "qos", "constraint"}
+)
 
-    executor = submitit.SlurmExecutor(
-        folder=folder / "%j", max_num_timeout=cfg.slurm.max_num_timeout
-    )
+
+def _job_params(cfg: DictConfig) -> dict[str, Any]:
+    """submitit SlurmExecutor parameters of one run's job."""
     slurm = cfg.slurm
-    params: dict[str, Any] = {
-        "job_name": f"{cfg.suite}",
+    params = {
+        "job_name": cfg.suite,
         "time": slurm.time_min,
         "nodes": slurm.nodes,
         "ntasks_per_node": 1,  # one process per run until DDP
@@ -233,7 +263,22 @@ def _executor(cfg: DictConfig, folder: Path, **overrides: Any) -> Any:
         "setup": list(slurm.setup) or None,
         "additional_parameters": dict(slurm.additional) or None,
     }
-    params.update(overrides)
+    return {key: value for key, value in params.items() if value is not None}
+
+
+def _flag(key: str, value: Any) -> str:
+    """One sbatch flag, written as submitit writes it into the job script."""
+    name = key.replace("_", "-")
+    return f"--{name}" if value is True else f"--{name}={value}"
+
+
+def _executor(cfg: DictConfig, folder: Path, **overrides: Any) -> Any:
+    import submitit
+
+    executor = submitit.SlurmExecutor(
+        folder=folder / "%j", max_num_timeout=cfg.slurm.max_num_timeout
+    )
+    params = _job_params(cfg) | overrides
     executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
     return executor
 
@@ -247,47 +292,46 @@ def _after(job_ids: list[str]) -> str | None:
 
 
 def submit(plan: list[RunSpec], cfg: DictConfig) -> Submission:
-    """Submit every run of ``plan`` that is neither done nor queued/running, in waves
-    (``check_cluster`` has passed)."""
+    """Submit every run of ``plan`` that is neither done nor queued/running, in waves,
+    and a report job after them (``check_cluster`` has passed)."""
     folder = slurm_dir(cfg)
     outcome = Submission()
     config = job_config(cfg, threads=cfg.slurm.cpus_per_task)
     with ledger_lock(folder):
         ledger = read_ledger(folder)
         known = ledger["runs"]
-        live = live_jobs([known[s.run_id]["job"] for s in plan if s.run_id in known])
-        queued: dict[str, str] = {}  # run id -> the live job that will finish it
+        live = live_jobs(
+            [known[s.run_id]["job"] for s in plan if s.run_id in known] + ledger["reports"]
+        )
         todo = []
         for spec in plan:
             if run_record(cfg.results, spec.suite, spec.run_id).is_done():
                 outcome.done += 1
             elif spec.run_id in known and known[spec.run_id]["job"] in live:
-                queued[spec.run_id] = known[spec.run_id]["job"]
-                outcome.live += 1
+                outcome.queued[spec.run_id] = known[spec.run_id]["job"]
             else:
                 todo.append(spec)
         array_of: dict[str, str] = {}  # run id -> array (or job) id submitted now
-        size = array_size(cfg) if todo else 0
-        for wave, specs in enumerate(waves(todo)):
-            for chunk in chunks(specs, size):
-                after = _dependencies(chunk, array_of, queued)
-                executor = _executor(
-                    cfg, folder, job_name=f"{cfg.suite}-wave{wave}", dependency=_after(after)
-                )
-                with executor.batch():
-                    jobs = [executor.submit(RunJob(spec, config)) for spec in chunk]
-                outcome.sbatch_calls += 1
-                array = jobs[0].job_id.split("_")[0]
-                stamp = datetime.now(UTC).isoformat(timespec="seconds")
-                for spec, job in zip(chunk, jobs, strict=True):
-                    array_of[spec.run_id] = array
-                    known[spec.run_id] = {"job": job.job_id, "wave": wave, "submitted": stamp}
-                outcome.arrays.append(
-                    {"wave": wave, "job": array, "tasks": len(chunk), "after": after}
-                )
-                write_ledger(folder, ledger)  # after every sbatch: a crash loses no job id
-        if outcome.arrays:
-            after = sorted({a["job"] for a in outcome.arrays} | set(queued.values()))
+        size = (cfg.slurm.max_array_size or max_array_size()) if todo else 1
+        for wave, chunk in plan_arrays(todo, set(outcome.queued), size):
+            after = _dependencies(chunk, array_of, outcome.queued)
+            executor = _executor(
+                cfg, folder, job_name=f"{cfg.suite}-wave{wave}", dependency=_after(after)
+            )
+            with executor.batch():
+                jobs = [executor.submit(RunJob(spec, config)) for spec in chunk]
+            outcome.sbatch_calls += 1
+            array = array_id(jobs[0].job_id)
+            stamp = datetime.now(UTC).isoformat(timespec="seconds")
+            for spec, job in zip(chunk, jobs, strict=True):
+                array_of[spec.run_id] = array
+                known[spec.run_id] = {"job": job.job_id, "wave": wave, "submitted": stamp}
+            outcome.arrays.append({"wave": wave, "job": array, "tasks": len(chunk), "after": after})
+            write_ledger(folder, ledger)  # after every sbatch: a crash loses no job id
+        # a report after the new jobs; or, if only earlier ones remain, after those
+        # unless an earlier report job still waits for them
+        if outcome.arrays or (outcome.queued and not set(ledger["reports"]) & set(live)):
+            after = sorted({a["job"] for a in outcome.arrays} | set(outcome.queued.values()))
             executor = _executor(
                 cfg,
                 folder,
@@ -296,12 +340,13 @@ def submit(plan: list[RunSpec], cfg: DictConfig) -> Submission:
                 cpus_per_task=1,
                 mem=_megabytes(cfg.slurm.report_mem_gb),
                 gpus_per_node=None,
-                additional_parameters=None,
             )
             outcome.report_job = executor.submit(ReportJob(tuple(plan), config)).job_id
             outcome.sbatch_calls += 1
             ledger["reports"].append(outcome.report_job)
             write_ledger(folder, ledger)
+        else:
+            outcome.report_job = next((job for job in ledger["reports"] if job in live), None)
     return outcome
 
 
@@ -322,31 +367,38 @@ def _dependencies(
 
 def print_submission(outcome: Submission, cfg: DictConfig) -> None:
     err = sys.stderr
-    if not outcome.arrays:
-        print(
-            f"nothing submitted: {outcome.done} runs done, {outcome.live} queued or running",
-            file=err,
-        )
-        return
+    kept = len(outcome.queued)
     for array in outcome.arrays:
         after = f", after {','.join(array['after'])}" if array["after"] else ""
         print(f"wave {array['wave']}: job {array['job']} ({array['tasks']} runs{after})", file=err)
-    print(f"report: job {outcome.report_job} (after every wave)", file=err)
-    print(
-        f"submitted {outcome.submitted} runs in {outcome.sbatch_calls} sbatch calls "
-        f"({outcome.done} done, {outcome.live} already queued or running)",
-        file=err,
-    )
-    print(
-        f"logs: {slurm_dir(cfg)}/<job id>/ ; states: python -m harness.status "
-        f"suite={cfg.suite} (with the same keys)",
-        file=err,
-    )
+    if outcome.report_job:
+        print(f"report: job {outcome.report_job} (after every run job)", file=err)
+    if outcome.arrays:
+        arrays = len(outcome.arrays)
+        print(
+            f"submitted {outcome.submitted} runs in {arrays} array job{'s' * (arrays != 1)}, "
+            f"{outcome.sbatch_calls} sbatch calls ({outcome.done} done, "
+            f"{kept} already queued or running)",
+            file=err,
+        )
+    else:
+        print(f"nothing submitted: {outcome.done} runs done, {kept} queued or running", file=err)
+    if outcome.arrays or kept:
+        print(
+            f"logs: {slurm_dir(cfg)}/<job id>/; states: python -m harness.status "
+            f"suite={cfg.suite} (with the same keys)",
+            file=err,
+        )
 
 
-def wait(plan: list[RunSpec], cfg: DictConfig, job_ids: list[str]) -> None:
-    """Block until none of ``job_ids`` is in the queue, with a bar of runs done."""
+def wait(
+    plan: list[RunSpec], cfg: DictConfig, outcome: Submission, patience_s: float = 600
+) -> None:
+    """Block until none of the suite's jobs is in the queue, with a bar of runs done.
+    SLURM not answering for a while (a slurmctld restart) is waited out, up to
+    ``patience_s`` in a row."""
     records = [run_record(cfg.results, spec.suite, spec.run_id) for spec in plan]
+    jobs = outcome.job_ids()
     bar = tqdm(
         total=len(plan),
         desc=f"suite {cfg.suite} on SLURM",
@@ -354,11 +406,25 @@ def wait(plan: list[RunSpec], cfg: DictConfig, job_ids: list[str]) -> None:
         disable=not cfg.progress,
         dynamic_ncols=True,
     )
+    silent_since = None
     while True:
-        live = live_jobs(job_ids)
-        bar.n = sum(record.is_done() for record in records)
+        try:
+            live = live_jobs(jobs)
+            silent_since = None
+        except SlurmUnavailable as error:
+            silent_since = silent_since or time.monotonic()
+            if time.monotonic() - silent_since > patience_s:
+                raise
+            bar.write(f"SLURM does not answer ({error}); asking again")
+            time.sleep(cfg.slurm.poll_s)
+            continue
+        done = [record.is_done() for record in records]
+        bar.n = sum(done)
         running = sum(state in RUNNING_STATES for state, _ in live.values())
-        failed = sum(r.failure_file.is_file() and not r.is_done() for r in records)
+        failed = sum(
+            not finished and record.failure_file.is_file()
+            for finished, record in zip(done, records, strict=True)
+        )
         bar.set_postfix(running=running, queued=len(live) - running, failed=failed)
         bar.refresh()
         if not live:

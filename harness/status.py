@@ -24,6 +24,7 @@ import csv
 import json
 import sys
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -34,6 +35,7 @@ from harness.errors import UsageError
 from harness.plan import RunSpec, make_plan
 from harness.slurm import (
     RUNNING_STATES,
+    SlurmUnavailable,
     job_history,
     live_jobs,
     log_files,
@@ -43,8 +45,6 @@ from harness.slurm import (
 from harness.store import RunRecord, run_record
 
 STATES = ("planned", "queued", "running", "incomplete", "failed", "done")
-# sacct states of an attempt that SLURM ended and started again
-REQUEUE_STATES = frozenset({"REQUEUED", "PREEMPTED", "NODE_FAIL"})
 
 
 @dataclass(frozen=True)
@@ -62,48 +62,65 @@ class RunState:
 def run_states(cfg: DictConfig, plan: list[RunSpec]) -> list[RunState]:
     folder = slurm_dir(cfg)
     submitted = read_ledger(folder)["runs"]
-    jobs = {s.run_id: submitted[s.run_id]["job"] for s in plan if s.run_id in submitted}
-    live = live_jobs(list(jobs.values())) if jobs else {}
-    history = job_history(list(jobs.values())) if jobs else {}
-    states = []
-    for spec in plan:
-        record = run_record(cfg.results, spec.suite, spec.run_id)
-        job = jobs.get(spec.run_id, "")
-        attempts = history.get(job, [])
-        requeued = sum(state in REQUEUE_STATES for state in attempts)
-        log = str(log_files(folder, job)[1]) if job else ""
-        common = {"spec": spec, "job": job, "requeued": requeued, "log": log}
-        progress = _progress(cfg, record)
-        if record.is_done():
-            states.append(RunState(state="done", progress=progress, **common))
-        elif job in live:
-            state, reason = live[job]
-            name = "running" if state in RUNNING_STATES else "queued"
-            detail = "" if reason in ("None", "") else reason
-            states.append(RunState(state=name, progress=progress, detail=detail, **common))
-        elif record.failure_file.is_file():
-            error, trace = _failure(record)
-            states.append(
-                RunState(state="failed", progress=progress, detail=error, error=trace, **common)
-            )
-        elif job and attempts and attempts[-1] not in ("COMPLETED", "PENDING", "RUNNING"):
-            # SLURM ended the job without the run writing a word: read its log
-            error = _log_tail(Path(log))
-            detail = f"SLURM: {attempts[-1]}"
-            states.append(
-                RunState(
-                    state="failed",
-                    progress=progress,
-                    detail=detail,
-                    error="\n".join(filter(None, [detail, error])),
-                    **common,
-                )
-            )
-        elif record.checkpoint_file.is_file():
-            states.append(RunState(state="incomplete", progress=progress, **common))
-        else:
-            states.append(RunState(state="planned", **common))
-    return states
+    ledger = {s.run_id: submitted[s.run_id] for s in plan if s.run_id in submitted}
+    jobs = [entry["job"] for entry in ledger.values()]
+    try:
+        live = live_jobs(jobs)
+        history = job_history(jobs)
+    except SlurmUnavailable as error:
+        raise UsageError(
+            f"{len(jobs)} runs of this plan were submitted to SLURM (ledger {folder}/jobs.json), "
+            f"but SLURM does not answer ({error}); is SLURM_CONF set?"
+        ) from None
+    return [_state(cfg, spec, ledger.get(spec.run_id), live, history) for spec in plan]
+
+
+def _state(
+    cfg: DictConfig,
+    spec: RunSpec,
+    submission: dict | None,
+    live: dict[str, tuple[str, str]],
+    history: dict[str, list[str]],
+) -> RunState:
+    record = run_record(cfg.results, spec.suite, spec.run_id)
+    job = submission["job"] if submission else ""
+    # sacct -D: one record per attempt; every one but the last ended in a requeue, and a
+    # REQUEUED last one waits to start again (sacct may not list that attempt yet)
+    attempts = history.get(job, [])
+    requeued = sum(state == "REQUEUED" or i < len(attempts) - 1 for i, state in enumerate(attempts))
+    log = str(log_files(slurm_dir(cfg), job)[1]) if job else ""
+    common = {
+        "spec": spec,
+        "job": job,
+        "requeued": requeued,
+        "log": log,
+        "progress": _progress(cfg, record),
+    }
+    if record.is_done():
+        return RunState(state="done", **common)
+    if job in live:
+        state, reason = live[job]
+        name = "running" if state in RUNNING_STATES else "queued"
+        return RunState(state=name, detail="" if reason == "None" else reason, **common)
+    ended = attempts[-1] if attempts else "COMPLETED"
+    failure = record.failure_file
+    # an error recorded before the job's submission belongs to an earlier attempt
+    stale = bool(submission) and failure.is_file() and failure.stat().st_mtime < _epoch(submission)
+    if failure.is_file() and not (stale and ended != "COMPLETED"):
+        error, trace = _failure(record)
+        return RunState(state="failed", detail=error, error=trace, **common)
+    if job and ended not in ("COMPLETED", "PENDING", "RUNNING"):
+        # SLURM ended the job without the run writing a word: read its log
+        detail = f"SLURM: {ended}"
+        error = "\n".join(filter(None, [detail, _log_tail(Path(log))]))
+        return RunState(state="failed", detail=detail, error=error, **common)
+    if record.checkpoint_file.is_file():
+        return RunState(state="incomplete", **common)
+    return RunState(state="planned", **common)
+
+
+def _epoch(submission: dict) -> float:
+    return datetime.fromisoformat(submission["submitted"]).timestamp()
 
 
 def _failure(record: RunRecord, lines: int = 3) -> tuple[str, str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,11 +19,11 @@ import pytest
 import yaml
 
 from harness.config import load_config
-from harness.jobs import chunks, waves
+from harness.jobs import chunks, plan_arrays, waves
 from harness.plan import make_plan
 from harness.run import main as run_main
-from harness.slurm import array_tasks
-from tests.conftest import run_cli, tree
+from harness.slurm import array_id, array_tasks
+from tests.conftest import REPO, run_cli, tree
 
 # two baselines (wave 0) and two decoders that start from them (wave 1)
 PLAN = [
@@ -42,6 +43,7 @@ SLURM = [
     "slurm.mem_gb=1",
     "slurm.time_min=10",
     "slurm.poll_s=0.5",
+    "report.plots=false",  # the report job: tables and tests, no figures (seconds less)
 ]
 
 
@@ -93,6 +95,18 @@ def status_rows(*args: str) -> tuple[dict[str, dict[str, str]], str]:
     return rows, done.stdout
 
 
+@pytest.fixture
+def results(tmp_path: Path):
+    """The results root; every SLURM job a test submitted is cancelled after it, also
+    when it fails, so no leftover job takes the cores of the next test."""
+    root = tmp_path / "results"
+    yield root
+    for ledger_file in root.glob("*/slurm/jobs.json"):
+        jobs = json.loads(ledger_file.read_text())
+        ids = {array_id(e["job"]) for e in jobs["runs"].values()} | set(jobs["reports"])
+        subprocess.run(["scancel", *sorted(ids)], capture_output=True)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> dict[str, dict]:
     """PLAN's metrics from the in-process launcher."""
@@ -117,6 +131,15 @@ def test_waves_put_each_run_one_wave_after_its_dependencies_and_chunks_cut_array
     assert array_tasks("7_[0-2,5%4]") == ["7_0", "7_1", "7_2", "7_5"]
 
 
+def test_a_run_waiting_on_an_earlier_job_does_not_hold_back_fresh_runs():
+    plan = plan_of("methods=[baseline,swwae_first]", "labels=[100]", "seeds=[0,1]")
+    baseline0, baseline1, decoder0, decoder1 = plan
+    # baseline 0 is still queued from an earlier submission; baseline 1 is to submit
+    todo = [baseline1, decoder0, decoder1]
+    arrays = plan_arrays(todo, {baseline0.run_id}, size=1000)
+    assert arrays == [(0, [baseline1]), (0, [decoder0]), (1, [decoder1])]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -128,6 +151,7 @@ def test_waves_put_each_run_one_wave_after_its_dependencies_and_chunks_cut_array
         (["parallel=0"], "parallel must be a positive integer"),
         (["slurm.cpus"], "is not of the form key=value"),
         (["slurm.cpus=2"], "slurm.cpus_per_task"),
+        (["slurm.time_min=10", "slurm.signal_delay_s=600"], "valid: below 600"),
     ],
 )
 def test_bad_launcher_settings_exit_2_before_any_work(results, capsys, args, message):
@@ -143,7 +167,7 @@ def test_slurm_without_its_commands_exits_2_naming_them(results, capsys, monkeyp
     assert not results.exists()
 
 
-def test_status_shows_planned_incomplete_failed_and_done(results, reference):
+def test_status_shows_planned_incomplete_failed_and_done(results):
     plan = plan_of(*PLAN)
     base = results / "digits"
     (base / plan[1].run_id).mkdir(parents=True)
@@ -183,7 +207,7 @@ def test_slurm_arrays_per_wave_give_the_inprocess_metrics_and_resubmission_skips
 ):
     done = run_cli(*PLAN, *SLURM, "wait=true", f"results={results}")
     assert done.returncode == 0, done.stderr
-    assert "submitted 4 runs in 3 sbatch calls" in done.stderr
+    assert "submitted 4 runs in 2 array jobs, 3 sbatch calls" in done.stderr
     assert "| baseline |" in done.stdout
     assert metrics_of(results) == reference
 
@@ -215,12 +239,16 @@ def test_slurm_arrays_per_wave_give_the_inprocess_metrics_and_resubmission_skips
 
 
 def test_usr2_mid_stage_requeues_and_the_run_ends_with_uninterrupted_metrics(
-    slurm_cluster, tmp_path
+    slurm_cluster, tmp_path, results
 ):
-    args = [*PLAN, "seeds=[0]", "schedule.pretrain.epochs=15"]
+    args = [*PLAN, "seeds=[0]", "schedule.pretrain.epochs=25"]
     uninterrupted = tmp_path / "inprocess"
-    assert run_cli(*args, f"results={uninterrupted}").returncode == 0
-    results = tmp_path / "slurm"
+    beside = subprocess.Popen(  # threads=1: its numbers do not depend on what runs beside it
+        [sys.executable, "-m", "harness.run", *args, f"results={uninterrupted}"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     submitted = run_cli(*args, *SLURM, f"results={results}")
     assert submitted.returncode == 0, submitted.stderr
     baseline, decoder = plan_of(*args)
@@ -252,12 +280,13 @@ def test_usr2_mid_stage_requeues_and_the_run_ends_with_uninterrupted_metrics(
     assert finished.returncode == 0, finished.stderr
     assert "nothing submitted: 0 runs done, 2 queued or running" in finished.stderr
 
+    assert beside.wait(timeout=300) == 0
     assert metrics_of(results) == metrics_of(uninterrupted)
     log = (results / "digits" / "slurm" / job / f"{job}_0_log.err").read_text()
     assert "Caught signal SIGUSR2" in log
     resumed = [line for line in log.splitlines() if "resuming from its checkpoint" in line]
     assert len(resumed) == 1 and "stage pretrain after epoch" in resumed[0]
-    assert int(resumed[0].split()[-1]) < 15  # mid-stage
+    assert int(resumed[0].split()[-1]) < 25  # mid-stage
     rows, _ = status_rows(*args, f"results={results}")
     assert (rows[baseline.run_id]["state"], rows[baseline.run_id]["requeued"]) == ("done", "1")
 
@@ -286,7 +315,7 @@ def test_queued_runs_are_not_submitted_twice_and_cancelled_ones_are(slurm_cluste
     args = [*PLAN, "methods=[baseline]", *SLURM, "slurm.additional.hold=true"]
     first = run_cli(*args, f"results={results}")
     assert first.returncode == 0, first.stderr
-    assert "submitted 2 runs in 2 sbatch calls" in first.stderr
+    assert "submitted 2 runs in 1 array job, 2 sbatch calls" in first.stderr
     jobs = ledger(results)
     again = run_cli(*args, f"results={results}")
     assert again.returncode == 0, again.stderr
@@ -303,7 +332,7 @@ def test_queued_runs_are_not_submitted_twice_and_cancelled_ones_are(slurm_cluste
         ("failed", "SLURM: CANCELLED")
     ] * 2
     third = run_cli(*args, "slurm.max_array_size=1", f"results={results}")
-    assert "submitted 2 runs in 3 sbatch calls" in third.stderr  # arrays of one task
+    assert "submitted 2 runs in 2 array jobs, 3 sbatch calls" in third.stderr  # arrays of one task
     resubmitted = ledger(results)
     assert {e["job"] for e in resubmitted["runs"].values()}.isdisjoint(
         {e["job"] for e in jobs["runs"].values()}
@@ -312,7 +341,17 @@ def test_queued_runs_are_not_submitted_twice_and_cancelled_ones_are(slurm_cluste
     subprocess.run(["scancel", *arrays, *resubmitted["reports"]], check=True)
 
 
-def test_an_unknown_partition_exits_2_naming_the_partitions(slurm_cluster, results, capsys):
-    assert run_main(["launcher=slurm", "slurm.partition=gpu", f"results={results}"]) == 2
-    assert "unknown slurm.partition 'gpu'; valid choices: debug" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["slurm.partition=gpu"], "unknown slurm.partition 'gpu'; valid choices: debug"),
+        (["slurm.mem_gb=4096"], "SLURM refuses these job settings (--time=30 --nodes=1"),
+        (["slurm.max_array_size=5000"], "exceeds the cluster's MaxArraySize (1001)"),
+    ],
+)
+def test_settings_the_cluster_refuses_exit_2_before_any_work(
+    slurm_cluster, results, capsys, args, message
+):
+    assert run_main(["launcher=slurm", *args, f"results={results}"]) == 2
+    assert message in capsys.readouterr().err
     assert not results.exists()
