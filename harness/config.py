@@ -32,7 +32,11 @@ class DataConfig:
     resize: int = 16  # images are stored at resize x resize (shorter side, then center square)
     crop: int = 14  # network input: random crops for training, the center crop for single-crop eval
     hflip: bool = False  # random horizontal flips in training (not for digits or letters)
-    num_workers: int = 0  # loader processes for datasets read from disk
+    num_workers: int = 0  # loader processes (FFCV: threads) for datasets read from disk
+    # how imagenet is read: ffcv (data.beton) | torchvision (ImageFolder + PIL, data.path) |
+    # auto = ffcv where it is installed and data.beton is set; resolved before run ids
+    loader: str = "auto"
+    beton: str | None = None  # folder of train.beton/val.beton (python -m harness.data.prepare)
 
 
 @dataclass
@@ -40,7 +44,8 @@ class ModelConfig:
     name: str = "vgg_small_2"  # a registered architecture (harness.models.ARCHITECTURES)
     dropout: float = 0.5  # in the fc layers, as in VGG
     # step 1 of the paper's procedure from a checkpoint: a torchvision-format state_dict
-    # file loaded into the classifier instead of training stage `pretrain` ("" = train it)
+    # file loaded into the classifier instead of training stage `pretrain` ("" or none =
+    # train it)
     pretrained: str = ""
 
 
@@ -181,7 +186,9 @@ EXECUTION_KEYS = (
     "progress",
     "report",
 )
-EXECUTION_DATA_KEYS = ("num_workers",)
+EXECUTION_DATA_KEYS = ("num_workers", "beton")
+# Datasets whose pixels depend on data.loader (FFCV re-encodes and resizes with OpenCV)
+LOADER_DATASETS = ("imagenet",)
 # Sections that only some methods read: in a run id only if its method declares them.
 METHOD_SECTIONS = ("decoding",)
 
@@ -281,8 +288,30 @@ def load_config(argv: list[str]) -> DictConfig:
         first = str(error).splitlines()[0]
         raise UsageError(f"an override is not valid YAML ({first}): {' '.join(rest)}") from None
     _check_values(cfg)
+    _resolve(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+def ffcv_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ffcv") is not None
+
+
+def _resolve(cfg: DictConfig) -> None:
+    """Settings that name a default in words get their value now, before any run id:
+    ``data.loader=auto`` and ``model.pretrained=none``."""
+    if cfg.data.loader == "auto":
+        cfg.data.loader = "ffcv" if cfg.data.beton and ffcv_installed() else "torchvision"
+    elif cfg.data.loader == "ffcv" and not ffcv_installed():
+        raise UsageError(
+            "data.loader=ffcv but ffcv is not installed: pip install -e '.[ffcv]' "
+            "(Debian: pkg-config libturbojpeg0-dev libopencv-dev first), "
+            "or use data.loader=torchvision"
+        )
+    if cfg.model.pretrained.lower() == "none":
+        cfg.model.pretrained = ""
 
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -295,6 +324,7 @@ def _check_values(cfg: DictConfig) -> None:
     _choice("device", cfg.device, ("cpu", "cuda", "auto"))
     _choice("optim.name", cfg.optim.name, ("sgd", "adam"))
     _choice("optim.lr_schedule", cfg.optim.lr_schedule, ("cosine", "constant"))
+    _choice("data.loader", cfg.data.loader, ("auto", "ffcv", "torchvision"))
     from harness.launchers import LAUNCHERS  # late: launchers import the trainer
 
     _choice("launcher", cfg.launcher, tuple(LAUNCHERS))
@@ -363,7 +393,8 @@ def _check_values(cfg: DictConfig) -> None:
             raise UsageError(f"schedule.{name}.lr must be > 0, got {stage.lr}")
         if stage.steps < 0:
             raise UsageError(f"schedule.{name}.steps must be >= 0, got {stage.steps}")
-    if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():
+    pretrained = cfg.model.pretrained
+    if pretrained and pretrained.lower() != "none" and not Path(pretrained).is_file():
         raise UsageError(f"model.pretrained={cfg.model.pretrained!r} is not a file")
     if any(not w >= 0 for w in cfg.decoding.weights):  # `not >=` also catches nan
         raise UsageError(f"decoding.weights must all be >= 0, got {list(cfg.decoding.weights)}")
@@ -388,6 +419,8 @@ def run_relevant(
         plain.pop(key, None)
     for key in EXECUTION_DATA_KEYS:
         plain["data"].pop(key, None)
+    if cfg.data.name not in LOADER_DATASETS:
+        plain["data"].pop("loader")
     plain["schedule"] = {name: plain["schedule"][name] for name in stage_names}
     for key in METHOD_SECTIONS:
         if key not in sections:

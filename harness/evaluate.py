@@ -56,7 +56,8 @@ def predict_topk(
             scores = F.softmax(model(x).float(), dim=1)
         out.append(scores.topk(k, dim=1).indices.cpu())
     model.train(was_training)
-    return torch.cat(out).numpy().astype(np.int16 if k < 2**15 else np.int64)
+    dtype = np.int16 if k < 2**15 else np.int64
+    return torch.cat(out).numpy().astype(dtype) if out else np.empty((0, k), dtype)
 
 
 def error_rates(topk: np.ndarray, targets: np.ndarray) -> tuple[float, float]:

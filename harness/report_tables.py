@@ -176,7 +176,9 @@ def render_latex(blocks: list[Block], caption_text: str, label: str) -> str:
     ]
     for block in blocks:
         lines.append(r"\midrule")
-        lines.append(rf"\multicolumn{{{width}}}{{l}}{{\textit{{{block.labels} labels}}}} \\")
+        lines.append(
+            rf"\multicolumn{{{width}}}{{l}}{{\textit{{{_tex_escape(block.labels)} labels}}}} \\"
+        )
         for row in block.rows:
             cells = [
                 _cell_text(c, r" $\pm$ ", r"\textbf{{{}}}", MARK_TEX, MISSING_TEX)

@@ -39,19 +39,12 @@ def validate(argv: list[str]) -> tuple[DictConfig, list[RunSpec]]:
     encoder = build_encoder(cfg.model.name, dataset.channels, dataset.num_classes, cfg.data.crop)
     if cfg.model.pretrained:
         check_pretrained(cfg.model.pretrained, encoder)
-    pool_stages = set()
     for name in dict.fromkeys(spec.method for spec in plan):  # a method may reject the model
-        method = get_method(name)(cfg)
-        method.build_model(encoder, dataset)
-        pool_stages |= {s.name for s in method.stages() if s.unlabeled}
+        get_method(name)(cfg).build_model(encoder, dataset)
+    # every split drawn (and a stored one checked) now; with every image labeled, stages
+    # that train on the pool read the labeled set (harness.train.Context.pool)
     for labels, seed in dict.fromkeys((spec.labels, spec.split_seed) for spec in plan):
-        split = load_or_store_split(Path(cfg.results), dataset, labels, seed, store=False)
-        if pool_stages and len(split.unlabeled) == 0:
-            raise UsageError(
-                f"label budget {labels} leaves no unlabeled images, but stage(s) "
-                f"{', '.join(sorted(pool_stages))} train on the unlabeled pool; "
-                "use a smaller budget"
-            )
+        load_or_store_split(Path(cfg.results), dataset, labels, seed, store=False)
     return cfg, plan
 
 

@@ -27,6 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from harness import distributed
 from harness.data import (
     Dataset,
     Split,
@@ -51,10 +52,14 @@ CHECKPOINT_VERSION = 1
 
 
 def resolve_device(name: str) -> torch.device:
+    """cpu or cuda; under DDP, this process's own GPU (``LOCAL_RANK``)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device=cuda but torch sees no CUDA device")
+    if name == "cuda":
+        return torch.device("cuda", distributed.init_from_env(cuda=True).local_rank)
+    distributed.init_from_env(cuda=False)
     return torch.device(name)
 
 
@@ -69,15 +74,33 @@ class Context:
     device: torch.device
     mean: torch.Tensor
     std: torch.Tensor
+    place: distributed.World = distributed.World()
 
     @property
     def cuda(self) -> bool:
         return self.device.type == "cuda"
 
-    def prepare(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """uint8 batch -> augmented, normalized float batch on the device."""
+    @property
+    def pool(self) -> np.ndarray:
+        """What stages that train on unlabeled images read: the unlabeled pool, or, when
+        every image is labeled (the paper's ImageNet setting), the labeled set."""
+        return self.split.unlabeled if len(self.split.unlabeled) else self.split.labeled
+
+    def prepare(
+        self, images: torch.Tensor, generator: torch.Generator, full: int | None = None
+    ) -> torch.Tensor:
+        """uint8 batch (this rank's shard of a ``full``-image batch) -> augmented,
+        normalized float batch on the device."""
         images = images.to(self.device, non_blocking=True)
-        images = augment_batch(images, self.cfg.data.crop, self.cfg.data.hflip, generator)
+        images = augment_batch(
+            images,
+            self.cfg.data.crop,
+            self.cfg.data.hflip,
+            generator,
+            full=full,
+            rank=self.place.rank,
+            world=self.place.size,
+        )
         images = normalize(images, self.mean, self.std)
         if self.cuda:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -92,53 +115,73 @@ def steps_per_epoch(ctx: Context, stage: Stage) -> int:
     if steps > 0:
         return steps
     if stage.unlabeled:
-        return math.ceil(len(ctx.split.unlabeled) / ctx.cfg.optim.unlabeled_batch_size)
+        return math.ceil(len(ctx.pool) / ctx.cfg.optim.unlabeled_batch_size)
     return math.ceil(len(ctx.split.labeled) / ctx.cfg.optim.batch_size)
 
 
 def _epoch_indices(
     ctx: Context, indices: np.ndarray, batch_size: int, stage: Stage, epoch: int
-) -> list[np.ndarray] | Iterator[np.ndarray]:
+) -> list[np.ndarray]:
     """An epoch's batches of ``indices``: a shuffled pass, or exactly ``steps`` batches
     cycled over fresh permutations when the stage sets ``steps``."""
     seed = ctx.spec.train_seed
     steps = ctx.cfg.schedule[stage.name].steps
     if steps > 0:
-        return itertools.islice(cycled_batches(indices, batch_size, seed, stage.name, epoch), steps)
-    return epoch_batches(indices, batch_size, seed, stage.name, epoch)
+        cycled = cycled_batches(indices, batch_size, seed, stage.name, epoch)
+        batches = list(itertools.islice(cycled, steps))
+    else:
+        batches = epoch_batches(indices, batch_size, seed, stage.name, epoch)
+    return distributed.trim_for_world(batches, ctx.place)
 
 
 def stage_batches(ctx: Context, method: Method, stage: Stage, epoch: int) -> Iterator[Batch]:
     """The batches of one epoch of ``stage``, a pure function of (seed, stage, epoch).
 
     A stage that uses the unlabeled pool iterates over the pool and cycles the
-    labeled subset beside it; unlabeled labels never leave this function.
+    labeled subset beside it; unlabeled labels never leave this function. Under DDP
+    each rank loads its shard of every batch (``distributed.shard``).
     """
     seed = ctx.spec.train_seed
     generator = torch_generator("augment", seed, stage.name, epoch)
     train, cfg = ctx.dataset.train, ctx.cfg
-    pin = ctx.cuda
+
+    def load(batches: list[np.ndarray]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        shards = [distributed.shard(b, ctx.place) for b in batches]
+        return load_batches(train, shards, cfg.data.resize, cfg.data.num_workers, ctx.cuda)
+
     if not stage.unlabeled:
         batches = _epoch_indices(ctx, ctx.split.labeled, cfg.optim.batch_size, stage, epoch)
-        for x, y in load_batches(train, batches, cfg.data.resize, cfg.data.num_workers, pin):
-            yield Batch(x=ctx.prepare(x, generator), y=y.to(ctx.device, non_blocking=True))
+        for full, (x, y) in zip(batches, load(batches), strict=True):
+            x = ctx.prepare(x, generator, len(full))
+            yield Batch(x=x, y=y.to(ctx.device, non_blocking=True))
         return
-    pool = _epoch_indices(ctx, ctx.split.unlabeled, cfg.optim.unlabeled_batch_size, stage, epoch)
+    pool = _epoch_indices(ctx, ctx.pool, cfg.optim.unlabeled_batch_size, stage, epoch)
     labeled = None
     if stage.labeled:
-        labeled = load_batches(
-            train,
-            cycled_batches(ctx.split.labeled, cfg.optim.batch_size, seed, stage.name, epoch, "x"),
-            cfg.data.resize,
-            cfg.data.num_workers,
-            pin,
+        cycled = cycled_batches(
+            ctx.split.labeled, cfg.optim.batch_size, seed, stage.name, epoch, "x"
         )
-    for u, _hidden_labels in load_batches(train, pool, cfg.data.resize, cfg.data.num_workers, pin):
-        batch = Batch(u=[ctx.prepare(u, generator) for _ in range(method.views)])
+        labeled = load(list(itertools.islice(cycled, len(pool))))
+    for full, (u, _hidden_labels) in zip(pool, load(pool), strict=True):
+        batch = Batch(u=[ctx.prepare(u, generator, len(full)) for _ in range(method.views)])
         if labeled is not None:
             x, y = next(labeled)
-            batch.x, batch.y = ctx.prepare(x, generator), y.to(ctx.device, non_blocking=True)
+            x = ctx.prepare(x, generator, cfg.optim.batch_size)
+            batch.x, batch.y = x, y.to(ctx.device, non_blocking=True)
         yield batch
+
+
+class StageLoss(torch.nn.Module):
+    """A method's loss in one stage as a module's forward, so DistributedDataParallel can
+    wrap it: methods call the model's parts (encoder, decoder) directly, which DDP
+    would not see if it wrapped the model alone."""
+
+    def __init__(self, model: torch.nn.Module, method: Method, stage: Stage):
+        super().__init__()
+        self.model, self.method, self.stage = model, method, stage
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return self.method.loss(self.model, self.stage, batch)
 
 
 def train_one_epoch(
@@ -152,8 +195,10 @@ def train_one_epoch(
     amp: bool,
     grad_clip: float,
     progress: tqdm | None = None,
+    loss_module: torch.nn.Module | None = None,
 ) -> dict[str, float]:
-    """One pass over ``batches``; returns the mean of each loss term."""
+    """One pass over ``batches``; returns the mean of each loss term (this rank's)."""
+    loss_module = loss_module or StageLoss(model, method, stage)
     model.train()
     logged: list[dict[str, torch.Tensor]] = []
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -161,7 +206,7 @@ def train_one_epoch(
     for batch in batches:
         autocast = torch.autocast(device_type, dtype=torch.bfloat16) if amp else nullcontext()
         with autocast:
-            terms = method.loss(model, stage, batch)
+            terms = loss_module(batch)
         loss = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -211,13 +256,15 @@ def set_trainable(model: torch.nn.Module, method: Method, stage: Stage) -> list[
 
 
 def evaluate_split(ctx: Context, classifier: VGG, part: str, dense: bool) -> np.ndarray:
+    """Top-k of every image of ``part``, in order; under DDP each rank predicts every
+    world-th image and the rows are gathered, so each image counts exactly once."""
     images = ctx.dataset.train if part == "train" else ctx.dataset.val
     indices = ctx.split.labeled if part == "train" else np.arange(len(images))
     cfg = ctx.cfg
-    return predict_topk(
+    local = predict_topk(
         classifier,
         images,
-        indices,
+        distributed.shard(indices, ctx.place),
         dense=dense,
         crop=cfg.data.crop,
         resize=cfg.data.resize,
@@ -229,6 +276,7 @@ def evaluate_split(ctx: Context, classifier: VGG, part: str, dense: bool) -> np.
         num_workers=cfg.data.num_workers,
         channels_last=ctx.cuda,
     )
+    return distributed.gather_rows(local, len(indices), ctx.place)
 
 
 def final_metrics(ctx: Context, classifier: VGG, record: RunRecord) -> dict[str, float]:
@@ -251,7 +299,8 @@ def final_metrics(ctx: Context, classifier: VGG, record: RunRecord) -> dict[str,
             metrics[f"{prefix}top1_{part}"] = top1
             metrics[f"{prefix}top5_{part}"] = top5
             arrays[topk_key(part, dense)] = topk
-    record.write_predictions(arrays)
+    if ctx.place.is_main:
+        record.write_predictions(arrays)
     return metrics
 
 
@@ -281,7 +330,7 @@ def train_run(spec: RunSpec, cfg: DictConfig) -> dict[str, Any]:
     try:
         return _train_run(spec, cfg, record)
     except Exception as error:  # an interrupt is not a failure: the run resumes
-        if record.path.is_dir():
+        if record.path.is_dir() and distributed.world().is_main:
             record.write_failure(error, traceback.format_exc())
         raise
 
@@ -290,8 +339,17 @@ def _train_run(spec: RunSpec, cfg: DictConfig, record: RunRecord) -> dict[str, A
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
+    place = distributed.world()
+    if place.active and cfg.optim.batch_size < place.size:
+        raise UsageError(
+            f"optim.batch_size={cfg.optim.batch_size} cannot be shared by {place.size} "
+            f"processes; valid: at least {place.size}"
+        )
     dataset = load_dataset(cfg.data)
-    split = load_or_store_split(Path(cfg.results), dataset, spec.labels, spec.split_seed)
+    split = load_or_store_split(
+        Path(cfg.results), dataset, spec.labels, spec.split_seed, store=place.is_main
+    )
+    main = place.is_main
     if record.config_file.exists():
         recorded = record.read_config().get("split_hash")
         if recorded != split.content_hash:
@@ -299,7 +357,7 @@ def _train_run(spec: RunSpec, cfg: DictConfig, record: RunRecord) -> dict[str, A
                 f"run {spec.run_id} was started on split {recorded}, but the split is now "
                 f"{split.content_hash} (did the data change?); refusing to resume on other images"
             )
-    else:
+    elif main:
         record.write_config(
             {
                 "run": spec.__dict__ | {"reuses": [list(pair) for pair in spec.reuses]},
@@ -315,6 +373,7 @@ def _train_run(spec: RunSpec, cfg: DictConfig, record: RunRecord) -> dict[str, A
         device,
         torch.tensor(dataset.mean, device=device),
         torch.tensor(dataset.std, device=device),
+        place,
     )
     method = get_method(spec.method)(cfg)
     seed_everything("init", spec.train_seed)
@@ -338,9 +397,10 @@ def _train_run(spec: RunSpec, cfg: DictConfig, record: RunRecord) -> dict[str, A
             if start_stage < len(names)
             else "the final evaluation"
         )
-        print(f"run {spec.run_id}: resuming from its checkpoint at {where}", file=sys.stderr)
-        # killed between checkpoint and CSV: the CSV may lack the last row
-        record.write_history(history)
+        if main:
+            print(f"run {spec.run_id}: resuming from its checkpoint at {where}", file=sys.stderr)
+            # killed between checkpoint and CSV: the CSV may lack the last row
+            record.write_history(history)
     started = time.perf_counter()
     stages = method.stages()
     for index, stage in enumerate(stages):
@@ -352,9 +412,13 @@ def _train_run(spec: RunSpec, cfg: DictConfig, record: RunRecord) -> dict[str, A
         else:
             resume = checkpoint if index == start_stage and start_epoch > 0 else None
             _run_stage(ctx, record, model, method, index, stage, resume, history)
-        atomic_torch_save(model.state_dict(), record.stage_file(stage.name))
-        record.save_checkpoint(_checkpoint(model, method, index + 1, 0, None, None, history))
+        if main:
+            atomic_torch_save(model.state_dict(), record.stage_file(stage.name))
+            record.save_checkpoint(_checkpoint(model, method, index + 1, 0, None, None, history))
     metrics = final_metrics(ctx, _classifier(model), record)
+    if not main:
+        distributed.barrier(place)  # rank 0 writes the record meanwhile
+        return metrics
     metrics |= method.val_report(model, val_crops(ctx), record.path)
     metrics |= {
         "seconds": round(time.perf_counter() - started, 3),
@@ -364,6 +428,7 @@ def _train_run(spec: RunSpec, cfg: DictConfig, record: RunRecord) -> dict[str, A
         "epochs": len(history),
     }
     record.write_metrics(metrics)
+    distributed.barrier(place)
     return metrics
 
 
@@ -431,19 +496,26 @@ def _run_stage(
     classifier = _classifier(model)
     # a stage that trains only other parts (a decoder) cannot change val error
     classifier_trains = any(p.requires_grad for p in classifier.parameters())
+    loss_module: torch.nn.Module = StageLoss(model, method, stage)
+    if ctx.place.active:
+        devices = [ctx.device.index] if ctx.cuda else None
+        loss_module = torch.nn.parallel.DistributedDataParallel(loss_module, device_ids=devices)
+    main = ctx.place.is_main
     bar = tqdm(
         total=per_epoch * schedule.epochs,
         initial=per_epoch * first_epoch,
         desc=f"{spec.describe()} [{stage.name}]",
         unit="step",
         leave=False,
-        disable=not cfg.progress,
+        disable=not cfg.progress or not main,
         dynamic_ncols=True,
     )
     for epoch in range(first_epoch, schedule.epochs):
         # Global RNG streams (dropout, a method's own draws) restart from a seed of
         # (run, stage, epoch): an epoch computes the same whatever ran before it.
-        seed_everything("epoch", spec.train_seed, stage.name, epoch)
+        # Under DDP each rank draws its own dropout masks.
+        rank = (ctx.place.rank,) if ctx.place.active else ()
+        seed_everything("epoch", spec.train_seed, stage.name, epoch, *rank)
         tic = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         terms = train_one_epoch(
@@ -456,6 +528,7 @@ def _run_stage(
             amp=ctx.cuda,
             grad_clip=cfg.optim.grad_clip,
             progress=bar,
+            loss_module=loss_module,
         )
         row: dict[str, Any] = {"stage": stage.name, "epoch": epoch + 1, "lr": lr}
         row |= {f"loss_{key}": value for key, value in terms.items()}
@@ -468,10 +541,11 @@ def _run_stage(
             bar.set_postfix(loss=f"{sum(terms.values()):.3f}", val_top1=f"{top1:.1f}")
         row["seconds"] = round(time.perf_counter() - tic, 3)
         history.append(row)
-        record.save_checkpoint(
-            _checkpoint(model, method, index, epoch + 1, optimizer, scheduler, history)
-        )
-        record.write_history(history)
+        if main:
+            record.save_checkpoint(
+                _checkpoint(model, method, index, epoch + 1, optimizer, scheduler, history)
+            )
+            record.write_history(history)
     bar.close()
 
 

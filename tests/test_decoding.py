@@ -409,11 +409,26 @@ def test_baseline_and_decoder_finetunes_take_the_same_number_of_labeled_steps():
     assert counts["baseline"] > len(split.labeled) // cfg.optim.batch_size
 
 
-def test_a_budget_that_leaves_no_unlabeled_pool_exits_2_for_decoders(tmp_path):
-    result = run_cli("methods=[swwae_all]", "labels=[1.0]", f"results={tmp_path}")
-    assert result.returncode == 2
-    assert "leaves no unlabeled images" in result.stderr and "decoder_layerwise" in result.stderr
-    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+def test_with_every_image_labeled_pool_stages_read_the_labeled_set():
+    """labels=1.0 (the paper's ImageNet setting) leaves no pool: the decoder stages
+    reconstruct the labeled images instead of taking no step."""
+    from harness.data import load_or_store_split
+    from harness.train import Context, stage_batches, steps_per_epoch
+
+    cfg = load_config(["methods=[swwae_all]", "labels=[1.0]", "seeds=[0]"])
+    dataset = load_dataset(cfg.data)
+    split = load_or_store_split(Path("unused"), dataset, "1.0", 0, store=False)
+    assert len(split.unlabeled) == 0 and len(split.labeled) == len(dataset.train)
+    spec = next(s for s in make_plan(cfg) if s.method == "swwae_all")
+    ctx = Context(
+        cfg, spec, dataset, split, torch.device("cpu"),
+        torch.tensor(dataset.mean), torch.tensor(dataset.std),
+    )  # fmt: skip
+    method = get_method("swwae_all")(cfg)
+    stage = next(s for s in method.stages() if s.name == "decoder_layerwise")
+    batches = list(stage_batches(ctx, method, stage, epoch=0))
+    assert len(batches) == steps_per_epoch(ctx, stage) > 0
+    assert sum(len(b.u[0]) for b in batches) == len(split.labeled)
 
 
 def test_a_pretrained_file_that_does_not_fit_the_model_exits_2(tmp_path):

@@ -14,7 +14,7 @@ import hashlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ class ImageSet:
     targets: np.ndarray  # int64 [N]
     images: torch.Tensor | None = None  # uint8 [N, C, R, R], for in-memory sets
     files: tuple[str, ...] | None = None  # image paths, for sets decoded per item
+    beton: str | None = None  # an FFCV file holding the same images in the order of `files`
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -53,7 +54,7 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         """Identifies the training set a split was drawn from (its size and labels)."""
         digest = hashlib.sha256(self.name.encode())
@@ -79,18 +80,27 @@ def load_dataset(data_cfg: DictConfig) -> Dataset:
     """Load (once per process) the dataset a suite's ``data`` section names."""
     if data_cfg.name not in DATASETS:
         raise unknown("dataset (data.name)", data_cfg.name, DATASETS)
-    return _load_cached(data_cfg.name, data_cfg.path, data_cfg.resize)
+    loader = data_cfg.get("loader", "torchvision")
+    args = _Args(
+        data_cfg.path,
+        data_cfg.resize,
+        "torchvision" if loader == "auto" else loader,
+        data_cfg.get("beton"),
+    )
+    return _load_cached(data_cfg.name, args)
 
 
 @lru_cache(maxsize=4)
-def _load_cached(name: str, path: str | None, resize: int) -> Dataset:
-    return DATASETS[name](_Args(path=path, resize=resize))
+def _load_cached(name: str, args: _Args) -> Dataset:
+    return DATASETS[name](args)
 
 
 @dataclass(frozen=True)
 class _Args:
     path: str | None
     resize: int
+    loader: str = "torchvision"  # ffcv | torchvision (resolved: never auto here)
+    beton: str | None = None
 
 
 def _resize_square(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -273,3 +283,69 @@ def load_image_folder(args: _Args) -> Dataset:
     train = ImageSet(np.asarray(train_targets, np.int64), files=tuple(train_files))
     val = ImageSet(np.asarray(val_targets, np.int64), files=tuple(val_files))
     return Dataset("image_folder", train, val, classes, 3, IMAGENET_MEAN, IMAGENET_STD)
+
+
+@register_dataset("imagenet")
+def load_imagenet(args: _Args) -> Dataset:
+    """ILSVRC-2012 (or any folder in its layout): ``train/<wnid>/*``, ``val/<wnid>/*``.
+
+    ``data.loader=torchvision`` scans ``data.path`` with torchvision's ImageFolder
+    and decodes with PIL per item; ``data.loader=ffcv`` reads ``data.beton``'s
+    ``train.beton``/``val.beton`` (``python -m harness.data.prepare imagenet``), whose
+    manifests list the same files in the same order. Both give the same targets and
+    file names, hence the same fingerprint and the same stored splits. Images are not
+    opened here (1.28M files): a bad one is reported when it is decoded.
+    """
+    if args.loader == "ffcv":
+        if not args.beton:
+            raise UsageError(
+                "data.loader=ffcv needs data.beton=<folder with train.beton and val.beton> "
+                "(write them with `python -m harness.data.prepare imagenet root=... out=...`), "
+                "or data.loader=torchvision with data.path=<ImageNet folder>"
+            )
+        from harness.data.prepare import read_manifest
+
+        parts, classes = {}, None
+        for part in ("train", "val"):
+            beton = Path(args.beton) / f"{part}.beton"
+            meta = read_manifest(beton)
+            if classes is not None and meta["classes"] != list(classes):
+                raise UsageError(f"{str(beton)!r}: its classes differ from train.beton's")
+            classes = tuple(meta["classes"])
+            index = {name: i for i, name in enumerate(classes)}
+            try:
+                targets = np.fromiter(
+                    (index[f.split("/")[0]] for f in meta["files"]), np.int64, len(meta["files"])
+                )
+            except KeyError as error:
+                raise UsageError(f"{str(beton)!r}: file of unknown class {error}") from None
+            parts[part] = ImageSet(targets, files=tuple(meta["files"]), beton=str(beton))
+        assert classes is not None
+        return Dataset(
+            "imagenet", parts["train"], parts["val"], classes, 3, IMAGENET_MEAN, IMAGENET_STD
+        )
+    if not args.path:
+        raise UsageError(
+            "dataset imagenet needs data.path=<folder with train/<wnid>/ and val/<wnid>/> "
+            "(data.loader=torchvision), or data.beton=<folder of .beton files> (data.loader=ffcv)"
+        )
+    from harness.data.prepare import scan_folder
+
+    root = Path(args.path)
+    if not root.is_dir():
+        raise UsageError(f"data.path {str(root)!r} does not exist (dataset imagenet)")
+    train, val = scan_folder(root / "train"), scan_folder(root / "val")
+    if train.classes != val.classes:
+        raise UsageError(
+            f"class folders of {str(root / 'val')!r} differ from train/: "
+            f"{sorted(set(val.classes) ^ set(train.classes))[:10]}"
+        )
+    return Dataset(
+        "imagenet",
+        ImageSet(train.targets, files=train.files),
+        ImageSet(val.targets, files=val.files),
+        train.classes,
+        3,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+    )

@@ -4,13 +4,18 @@ The order of an epoch is a pure function of (train seed, stage, epoch), so a
 resumed run replays the same batches without carrying loader state. In-memory
 sets are indexed directly (no per-item collate: at 8-32 px that overhead would
 rival the network's arithmetic); folder sets decode per item through a torch
-DataLoader with workers. Random crops and flips are applied to whole batches on
-the device by ``augment_batch``, with a generator the trainer seeds.
+DataLoader with workers (PIL); FFCV sets are read from their ``.beton`` by an
+FFCV ``Loader`` given exactly those indices in that order (``indices=`` with
+sequential order: the harness's seeded order is the explicit seed), so the two
+file paths see the same batches and differ only in decoding. Random crops and
+flips are applied to whole batches on the device by ``augment_batch``, with a
+generator the trainer seeds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,6 +70,63 @@ class _FolderItems(TorchDataset):
         return decode_square(self.files[index], self.size), int(self.targets[index])
 
 
+# Idle FFCV Loaders by (file, batch size, resize, threads). A Loader compiles its
+# pipeline with numba on first use (seconds); reusing it for every epoch and
+# evaluation and only swapping its index stream makes that a one-time cost.
+_IDLE_FFCV_LOADERS: dict[tuple[str, int, int, int], list[Any]] = {}
+
+
+def _ffcv_loader(beton: str, batch_size: int, resize: int, threads: int) -> Any:
+    from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import ToTensor
+
+    idle = _IDLE_FFCV_LOADERS.setdefault((beton, batch_size, resize, threads), [])
+    if idle:
+        return idle.pop()
+    return Loader(
+        beton,
+        batch_size=batch_size,
+        num_workers=threads,
+        os_cache=True,
+        order=OrderOption.SEQUENTIAL,
+        indices=np.zeros(1, dtype=np.int64),  # replaced per stream
+        drop_last=False,
+        pipelines={
+            "image": [CenterCropRGBImageDecoder((resize, resize), ratio=1.0), ToTensor()],
+            "label": [IntDecoder(), ToTensor()],
+        },
+    )
+
+
+def ffcv_batches(
+    beton: str, batches: list[np.ndarray], resize: int, num_workers: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The images of ``batches`` from an FFCV file, decoded as ``decode_square`` does
+    (the center square of the shorter side, resized to ``resize``), batch by batch.
+
+    An FFCV Loader in sequential order reads the whole stream: its ``indices`` are
+    every batch concatenated (repeats allowed), so its fixed-size batches are
+    exactly ours; only the last may be smaller, which ``drop_last=False`` keeps (a
+    labeled subset smaller than a batch still gives a batch).
+    """
+    if not batches:
+        return
+    size = len(batches[0])
+    if any(len(b) != size for b in batches[:-1]) or len(batches[-1]) > size:
+        raise ValueError("FFCV batches must all have one size, but for a smaller last one")
+    threads = max(1, num_workers)
+    loader = _ffcv_loader(beton, size, resize, threads)
+    stream = np.concatenate(batches).astype(np.int64)
+    # what Loader(indices=stream, order=SEQUENTIAL) would hold, set on a compiled Loader
+    loader.indices = loader.traversal_order.indices = loader.first_traversal_order = stream
+    for x, y in loader:
+        # NHWC -> NCHW copies out of FFCV's reused buffers
+        yield x.permute(0, 3, 1, 2).contiguous(), y.reshape(-1).long()
+    # only a loader whose epoch ran to its end is reused (a live epoch holds threads)
+    _IDLE_FFCV_LOADERS[(beton, size, resize, threads)].append(loader)
+
+
 def load_batches(
     images: ImageSet,
     batches: Iterator[np.ndarray] | list[np.ndarray],
@@ -73,6 +135,9 @@ def load_batches(
     pin_memory: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """uint8 images [B, C, R, R] and int64 labels for each batch of indices."""
+    if images.beton is not None:
+        yield from ffcv_batches(images.beton, list(batches), resize, num_workers)
+        return
     if images.images is not None:
         for batch in batches:
             index = torch.from_numpy(np.asarray(batch, dtype=np.int64))
@@ -120,21 +185,32 @@ def center_crop(images: torch.Tensor, crop: int) -> torch.Tensor:
 
 
 def augment_batch(
-    images: torch.Tensor, crop: int, hflip: bool, generator: torch.Generator
+    images: torch.Tensor,
+    crop: int,
+    hflip: bool,
+    generator: torch.Generator,
+    *,
+    full: int | None = None,
+    rank: int = 0,
+    world: int = 1,
 ) -> torch.Tensor:
     """An independent random ``crop`` x ``crop`` window (and optional flip) per image.
 
     Offsets are drawn on the CPU from ``generator`` (so the stream is the same
-    on any device) and applied with one gather on the images' device.
+    on any device) and applied with one gather on the images' device. Under DDP
+    ``images`` are rows ``rank::world`` of a ``full``-image batch: the draws are
+    made for the whole batch and sliced, so every image gets the crop it would
+    get on one process.
     """
     batch, _, height, width = images.shape
-    top = torch.randint(0, height - crop + 1, (batch,), generator=generator)
-    left = torch.randint(0, width - crop + 1, (batch,), generator=generator)
+    drawn = full or batch
+    top = torch.randint(0, height - crop + 1, (drawn,), generator=generator)[rank::world]
+    left = torch.randint(0, width - crop + 1, (drawn,), generator=generator)[rank::world]
     steps = torch.arange(crop)
     rows = (top[:, None] + steps).to(images.device)  # [B, crop]
     cols = left[:, None] + steps
     if hflip:
-        flip = torch.rand(batch, generator=generator) < 0.5
+        flip = (torch.rand(drawn, generator=generator) < 0.5)[rank::world]
         cols = torch.where(flip[:, None], cols.flip(1), cols)
     cols = cols.to(images.device)
     b = torch.arange(batch, device=images.device)[:, None, None]

@@ -2,7 +2,10 @@
 
 A split is a pure function of (dataset, label budget, split seed): a
 class-balanced labeled subset, and the rest of the training set as the
-unlabeled pool. It does not depend on the method, so every method of a suite
+unlabeled pool. A budget may also be a file listing the labeled images by file
+name, one per line (the published ImageNet 1% / 10% subsets, e.g.
+``n01440764_10026.JPEG``), so a published split is reproduced exactly; such a
+split is the same for every seed. It does not depend on the method, so every method of a suite
 sees the same labeled images. It is stored once, with the hash of its content,
 and every later load checks that hash: a changed file is an error, never a
 silent redraw.
@@ -45,8 +48,18 @@ def split_hash(labeled: np.ndarray, train_size: int) -> str:
     return digest.hexdigest()[:16]
 
 
+LIST_SUFFIX = ".txt"
+
+
+def is_list_budget(key: str) -> bool:
+    return key.endswith(LIST_SUFFIX)
+
+
 def budget_key(budget: object) -> str:
-    """A label budget's canonical text: ``100`` (a total count) or ``0.1`` (a fraction)."""
+    """A label budget's canonical text: ``100`` (a total count), ``0.1`` (a fraction), or
+    the absolute path of a list of labeled file names (``*.txt``)."""
+    if isinstance(budget, str) and budget.endswith(LIST_SUFFIX):
+        return str(Path(budget).expanduser().resolve())
     if isinstance(budget, bool):
         raise UsageError(f"label budget {budget!r} must be a count (int) or a fraction in (0, 1]")
     if isinstance(budget, int):
@@ -61,7 +74,42 @@ def budget_key(budget: object) -> str:
                 return budget_key(float(budget))
             except ValueError:
                 pass
-    raise UsageError(f"label budget {budget!r} must be a count (int) or a fraction in (0, 1]")
+    raise UsageError(
+        f"label budget {budget!r} must be a count (int), a fraction in (0, 1] "
+        f"or a file of labeled image names (*{LIST_SUFFIX})"
+    )
+
+
+def read_subset_list(path: Path, dataset: Dataset) -> np.ndarray:
+    """The sorted training-set indices of the files a published subset list names.
+
+    The format is the one of the widely used ImageNet 1% / 10% lists: one file name
+    per line (``n01440764_10026.JPEG``); a line may also carry the class folder
+    (``n01440764/n01440764_10026.JPEG``): only the file name is matched.
+    """
+    if dataset.train.files is None:
+        raise UsageError(
+            f"label list {str(path)!r} names image files, but dataset {dataset.name!r} "
+            "has none (use a count or a fraction)"
+        )
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"cannot read label list {str(path)!r}: {error}") from None
+    names = [Path(line.strip()).name for line in lines if line.strip() and line[0] != "#"]
+    if not names:
+        raise UsageError(f"label list {str(path)!r} names no files")
+    index = {Path(f).name: i for i, f in enumerate(dataset.train.files)}
+    missing = [name for name in names if name not in index]
+    if missing:
+        raise UsageError(
+            f"label list {str(path)!r}: {len(missing)} of {len(names)} files are not in "
+            f"{dataset.name}'s training set, e.g. {missing[:3]}"
+        )
+    if len(set(names)) != len(names):
+        repeated = sorted({n for n in names if names.count(n) > 1})[:3]
+        raise UsageError(f"label list {str(path)!r} names a file twice, e.g. {repeated}")
+    return np.sort(np.fromiter((index[n] for n in names), np.int64, len(names)))
 
 
 def per_class_counts(budget: str, class_sizes: np.ndarray) -> np.ndarray:
@@ -92,6 +140,10 @@ def draw_split(dataset: Dataset, budget: object, seed: int) -> Split:
     """The split for (dataset, budget, seed); pure, so it can validate without writing."""
     key = budget_key(budget)
     targets = dataset.train.targets
+    if is_list_budget(key):
+        labeled = read_subset_list(Path(key), dataset)
+        unlabeled = np.setdiff1d(np.arange(len(targets)), labeled).astype(np.int64)
+        return Split(labeled, unlabeled, key, seed, dataset.fingerprint)
     class_sizes = np.bincount(targets, minlength=dataset.num_classes)
     counts = per_class_counts(key, class_sizes)
     rng = numpy_rng("split", dataset.fingerprint, key, seed)
@@ -102,6 +154,9 @@ def draw_split(dataset: Dataset, budget: object, seed: int) -> Split:
 
 
 def split_path(root: Path, dataset: Dataset, budget: str, seed: int) -> Path:
+    if is_list_budget(budget):
+        digest = hashlib.sha256(budget.encode()).hexdigest()[:8]
+        budget = f"-list-{Path(budget).stem}-{digest}"
     return root / "splits" / f"{dataset.name}-{dataset.fingerprint}-labels{budget}-seed{seed}.npz"
 
 
@@ -145,6 +200,11 @@ def load_or_store_split(
         raise UsageError(
             f"stored split {str(path)!r} does not match its hash "
             f"(stored {meta.get('hash')}, content {actual}); refusing to redraw"
+        )
+    if not np.array_equal(labeled, drawn.labeled):
+        raise UsageError(
+            f"stored split {str(path)!r} differs from the one label budget {drawn.budget} "
+            "gives now (was a label list edited?); refusing to change a stored split"
         )
     unlabeled = np.setdiff1d(np.arange(len(dataset.train)), labeled).astype(np.int64)
     return Split(labeled.astype(np.int64), unlabeled, drawn.budget, seed, dataset.fingerprint)

@@ -1,0 +1,358 @@
+"""Write FFCV ``.beton`` files from an ImageNet-layout folder, and make such folders.
+
+    python -m harness.data.prepare imagenet root=/data/imagenet out=/data/ffcv
+    python -m harness.data.prepare demo out=/tmp/fmnist-folder     # small real JPEG folder
+
+``imagenet`` scans ``root/train/<wnid>/*`` and ``root/val/<wnid>/*`` with
+torchvision's ImageFolder (so classes and files come in exactly the order the
+``loader=torchvision`` path reads them, and a split's indices mean the same image
+on both paths) and writes, per part, ``<part>.beton`` (JPEG images, longer side
+capped at ``max_resolution``, and int labels) and ``<part>.json`` (classes, the
+files in order, the settings, the beton's size). Each is written to a temporary
+file and renamed into place, the manifest last, and the reader checks the
+beton's size against its manifest: a killed write leaves nothing that is later
+read as whole. Parts are resumable one by one: a part whose manifest matches
+the folder and the settings is skipped; a part cut short is written again.
+
+``demo`` turns Fashion-MNIST (Debian's dataset-fashion-mnist) into a few classes
+of real JPEGs in the same layout, upsampled and non-square, so the ImageNet code
+path (both loaders, this writer, the published-list reader) runs on real images
+on any CPU in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from harness.errors import UsageError, unknown
+from harness.store import atomic_write_bytes
+
+PARTS = ("train", "val")
+
+
+@dataclass(frozen=True)
+class FolderScan:
+    """One part of an ImageNet-layout folder, in torchvision ImageFolder's order."""
+
+    classes: tuple[str, ...]
+    files: tuple[str, ...]  # absolute paths
+    targets: np.ndarray  # int64
+
+    def relative(self, root: Path) -> list[str]:
+        return [os.path.relpath(path, root) for path in self.files]
+
+
+def scan_folder(directory: Path) -> FolderScan:
+    """``directory/<class>/*`` as torchvision's ImageFolder sees it (sorted classes and
+    files, its image extensions), without opening any image: at 1.28M files that
+    would take longer than an epoch. Bad images surface when they are decoded."""
+    from harness._torchvision_compat import import_torchvision
+
+    folder = import_torchvision().datasets.folder
+    if not directory.is_dir():
+        raise UsageError(f"{str(directory)!r} does not exist (expected <class>/<image> folders)")
+    try:
+        classes, class_to_idx = folder.find_classes(str(directory))
+    except FileNotFoundError as error:
+        raise UsageError(f"{str(directory)!r}: {error}") from None
+    try:
+        samples = folder.make_dataset(
+            str(directory), class_to_idx, extensions=folder.IMG_EXTENSIONS
+        )
+    except FileNotFoundError as error:
+        raise UsageError(f"{str(directory)!r}: {error}") from None
+    files = tuple(path for path, _ in samples)
+    targets = np.fromiter((label for _, label in samples), dtype=np.int64, count=len(samples))
+    return FolderScan(tuple(classes), files, targets)
+
+
+class _DecodedImages:
+    """What FFCV's writer reads: (HxWx3 uint8 array, label) per index."""
+
+    def __init__(self, scan: FolderScan):
+        self.scan = scan
+
+    def __len__(self) -> int:
+        return len(self.scan.files)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        path = self.scan.files[index]
+        try:
+            with Image.open(path) as image:
+                array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        except OSError as error:
+            raise RuntimeError(f"unreadable image {path!r}: {error}") from None
+        return array, int(self.scan.targets[index])
+
+
+def _settings(max_resolution: int, jpeg_quality: int, write_mode: str) -> dict[str, Any]:
+    return {"max_resolution": max_resolution, "jpeg_quality": jpeg_quality, "mode": write_mode}
+
+
+def _files_hash(files: list[str]) -> str:
+    return hashlib.sha256("\n".join(files).encode()).hexdigest()[:16]
+
+
+def read_manifest(beton: Path) -> dict[str, Any]:
+    """The manifest beside ``<part>.beton``, checked against the beton; UsageError if the
+    pair is missing, unreadable or cut short."""
+    manifest = beton.with_suffix(".json")
+    hint = "write it with `python -m harness.data.prepare imagenet root=... out=...`"
+    if not beton.is_file() or not manifest.is_file():
+        missing = beton if not beton.is_file() else manifest
+        raise UsageError(f"{str(missing)!r} does not exist; {hint}")
+    try:
+        meta = json.loads(manifest.read_text())
+        size, files, classes = meta["beton_bytes"], meta["files"], meta["classes"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UsageError(f"manifest {str(manifest)!r} is unreadable ({error}); {hint}") from None
+    if beton.stat().st_size != size:
+        raise UsageError(
+            f"{str(beton)!r} holds {beton.stat().st_size} bytes but its manifest says {size} "
+            f"(a write was cut short or the file changed); {hint}"
+        )
+    if not isinstance(files, list) or not isinstance(classes, list):
+        raise UsageError(f"manifest {str(manifest)!r} is malformed; {hint}")
+    return meta
+
+
+def write_part(
+    scan: FolderScan,
+    root: Path,
+    out: Path,
+    part: str,
+    *,
+    max_resolution: int,
+    jpeg_quality: int,
+    write_mode: str,
+    workers: int,
+) -> bool:
+    """Write ``out/<part>.beton`` and its manifest; False if they were already up to date."""
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    relative = scan.relative(root / part)
+    settings = _settings(max_resolution, jpeg_quality, write_mode)
+    beton = out / f"{part}.beton"
+    try:
+        meta = read_manifest(beton)
+        if meta.get("settings") == settings and meta.get("files_hash") == _files_hash(relative):
+            return False
+    except UsageError:
+        pass
+    for stale in out.glob(f".{part}.beton.tmp-*"):
+        stale.unlink()  # a write killed earlier
+    temporary = out / f".{part}.beton.tmp-{os.getpid()}"
+    writer = DatasetWriter(
+        str(temporary),
+        {
+            "image": RGBImageField(
+                write_mode=write_mode, max_resolution=max_resolution, jpeg_quality=jpeg_quality
+            ),
+            "label": IntField(),
+        },
+        num_workers=workers,
+    )
+    try:
+        print(f"writing {beton} ({len(scan.files)} images)", file=sys.stderr)
+        writer.from_indexed_dataset(_DecodedImages(scan), chunksize=100)
+        os.replace(temporary, beton)
+    finally:
+        temporary.unlink(missing_ok=True)
+    meta = {
+        "part": part,
+        "root": str(root.resolve()),
+        "classes": list(scan.classes),
+        "files": relative,
+        "files_hash": _files_hash(relative),
+        "settings": settings,
+        "beton_bytes": beton.stat().st_size,
+    }
+    atomic_write_bytes(beton.with_suffix(".json"), json.dumps(meta).encode())
+    return True
+
+
+def prepare_imagenet(
+    root: Path,
+    out: Path,
+    *,
+    max_resolution: int = 512,
+    jpeg_quality: int = 90,
+    write_mode: str = "jpg",
+    workers: int = 0,
+    parts: tuple[str, ...] = PARTS,
+) -> list[Path]:
+    """Both parts' betons (see the module docstring); returns the paths written or kept."""
+    try:
+        import ffcv  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            "writing .beton files needs ffcv: pip install -e '.[ffcv]' (Debian: "
+            "pkg-config libturbojpeg0-dev libopencv-dev first)"
+        ) from None
+    scans = {part: scan_folder(root / part) for part in parts}  # all checks before any write
+    if len(parts) == 2 and scans["train"].classes != scans["val"].classes:
+        raise UsageError(f"class folders of {str(root / 'val')!r} differ from train/")
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for part, scan in scans.items():
+        fresh = write_part(
+            scan,
+            root,
+            out,
+            part,
+            max_resolution=max_resolution,
+            jpeg_quality=jpeg_quality,
+            write_mode=write_mode,
+            workers=workers or len(os.sched_getaffinity(0)),
+        )
+        if not fresh:
+            print(f"{out / f'{part}.beton'} is up to date", file=sys.stderr)
+        written.append(out / f"{part}.beton")
+    return written
+
+
+def make_demo_folder(
+    out: Path,
+    source: Path,
+    *,
+    classes: int = 4,
+    train_per_class: int = 150,
+    val_per_class: int = 50,
+    width: int = 48,
+    height: int = 40,
+) -> None:
+    """Fashion-MNIST's first ``classes`` classes as RGB JPEGs in the ImageNet layout
+    (``train/<class>/<class>_<n>.JPEG`` from its train set, ``val/`` from its test set),
+    upsampled to ``width`` x ``height`` so the shorter-side resize and center crop matter."""
+    from harness.data.datasets import FASHION_MNIST_CLASSES, _idx_file, read_idx
+
+    if not 1 <= classes <= 10:
+        raise UsageError(f"classes={classes} must lie in 1..10 (Fashion-MNIST has 10)")
+    for part, prefix, per_class in (
+        ("train", "train", train_per_class),
+        ("val", "t10k", val_per_class),
+    ):
+        images = read_idx(_idx_file(source, f"{prefix}-images-idx3-ubyte"))
+        labels = read_idx(_idx_file(source, f"{prefix}-labels-idx1-ubyte"))
+        for label in range(classes):
+            name = f"n{label:08d}"  # a WordNet-id-like folder name
+            folder = out / part / name
+            folder.mkdir(parents=True, exist_ok=True)
+            chosen = np.flatnonzero(labels == label)[:per_class]
+            if len(chosen) < per_class:
+                raise UsageError(
+                    f"{part}: class {FASHION_MNIST_CLASSES[label]!r} has {len(chosen)} images, "
+                    f"fewer than {per_class}"
+                )
+            for n, index in enumerate(chosen):
+                image = Image.fromarray(images[index]).convert("RGB")
+                image = image.resize((width, height), Image.BICUBIC)
+                target = folder / f"{name}_{n}.JPEG"
+                if not target.exists():
+                    buffer = _jpeg(image)
+                    atomic_write_bytes(target, buffer)
+
+
+def _jpeg(image: Image.Image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+COMMANDS = {
+    "imagenet": "root=DIR out=DIR [max_resolution=512] [jpeg_quality=90] "
+    "[write_mode=jpg|raw|smart] [workers=0] [parts=train,val]",
+    "demo": "out=DIR [source=/usr/share/datasets/fashion-mnist] [classes=4] "
+    "[train_per_class=150] [val_per_class=50] [width=48] [height=40]",
+}
+
+
+def _arguments(argv: list[str], allowed: dict[str, type]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise UsageError(f"argument {arg!r} is not of the form key=value")
+        if key not in allowed:
+            raise unknown("key", key, allowed)
+        try:
+            values[key] = allowed[key](value)
+        except ValueError:
+            raise UsageError(f"{key}={value!r} is not a valid {allowed[key].__name__}") from None
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if not argv or argv[0] not in COMMANDS:
+            raise unknown("command", argv[0] if argv else "(none)", COMMANDS)
+        command, rest = argv[0], argv[1:]
+        if command == "imagenet":
+            args = _arguments(
+                rest,
+                {
+                    "root": Path,
+                    "out": Path,
+                    "max_resolution": int,
+                    "jpeg_quality": int,
+                    "write_mode": str,
+                    "workers": int,
+                    "parts": str,
+                },
+            )
+            for key in ("root", "out"):
+                if key not in args:
+                    raise UsageError(f"prepare imagenet needs {key}=DIR: {COMMANDS['imagenet']}")
+            parts = tuple(p for p in args.pop("parts", "train,val").split(",") if p)
+            for part in parts:
+                if part not in PARTS:
+                    raise unknown("part", part, PARTS)
+            if args.get("write_mode", "jpg") not in ("jpg", "raw", "smart"):
+                raise unknown("write_mode", args["write_mode"], ("jpg", "raw", "smart"))
+            if not 1 <= args.get("jpeg_quality", 90) <= 100:
+                raise UsageError(f"jpeg_quality={args['jpeg_quality']} must lie in 1..100")
+            if args.get("max_resolution", 512) < 1:
+                raise UsageError("max_resolution must be a positive integer")
+            root, out = args.pop("root"), args.pop("out")
+            for path in prepare_imagenet(root, out, parts=parts, **args):
+                print(path)
+        else:
+            args = _arguments(
+                rest,
+                {
+                    "out": Path,
+                    "source": Path,
+                    "classes": int,
+                    "train_per_class": int,
+                    "val_per_class": int,
+                    "width": int,
+                    "height": int,
+                },
+            )
+            if "out" not in args:
+                raise UsageError(f"prepare demo needs out=DIR: {COMMANDS['demo']}")
+            source = args.pop("source", Path("/usr/share/datasets/fashion-mnist"))
+            out = args.pop("out")
+            make_demo_folder(out, source, **args)
+            print(out)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""One run on several processes (one per GPU of a node): DistributedDataParallel.
+
+The processes are started by ``torchrun`` (``torchrun --nproc_per_node=N -m
+harness.run ...``) or by SLURM (``launcher=slurm`` with ``slurm.gpus_per_node=N``
+starts N tasks per job; ``harness.jobs`` exports the same variables from
+submitit's environment). Every process runs the whole plan; within a run:
+
+- each training batch of the single-process run is cut into ``world`` strided
+  shards (rank r takes rows r, r+w, ...), and the augmentation of the whole batch
+  is drawn on every rank and sliced, so a step sees the same images and crops
+  as on one process and DDP's mean of the shard gradients is the full batch's;
+- evaluation takes every ``world``-th image, and ``gather_rows`` puts the
+  predictions back in order: each image is predicted exactly once (no
+  DistributedSampler-style padding that would count some twice);
+- only rank 0 writes (split, checkpoints, history, predictions, metrics).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.size > 1
+
+
+def world() -> World:
+    """This process's place, from an initialized process group (else a world of one)."""
+    if dist.is_available() and dist.is_initialized():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        return World(dist.get_rank(), dist.get_world_size(), local)
+    return World()
+
+
+def init_from_env(cuda: bool) -> World:
+    """Join the process group that ``WORLD_SIZE``/``RANK``/``MASTER_ADDR`` describe
+    (as torchrun and ``harness.jobs`` set them); nothing when there is none."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size > 1 and not dist.is_initialized():
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return world()
+
+
+def shard(batch: np.ndarray, place: World) -> np.ndarray:
+    """This rank's rows of one batch (all of it in a world of one)."""
+    return batch[place.rank :: place.size] if place.active else batch
+
+
+def trim_for_world(batches: list[np.ndarray], place: World) -> list[np.ndarray]:
+    """Drop a last batch too small to give every rank an image (ranks must take the
+    same number of steps, or DDP's all-reduce waits forever)."""
+    if place.active and batches and len(batches[-1]) < place.size:
+        return batches[:-1]
+    return batches
+
+
+def gather_rows(local: np.ndarray, total: int, place: World) -> np.ndarray:
+    """Rank r holds rows r, r+w, ... of a [total, ...] array: the whole array, in order,
+    on every rank."""
+    if not place.active:
+        return local
+    parts: list[np.ndarray | None] = [None] * place.size
+    dist.all_gather_object(parts, local)
+    out = np.empty((total, *local.shape[1:]), dtype=local.dtype)
+    for rank, part in enumerate(parts):
+        assert part is not None
+        out[rank :: place.size] = part
+    return out
+
+
+def barrier(place: World) -> None:
+    if place.active:
+        dist.barrier()
