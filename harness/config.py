@@ -124,8 +124,10 @@ class SlurmConfig:
     """
 
     partition: str = ""  # "" = the cluster's default partition
-    nodes: int = 1  # one node per run (multi-node needs DDP, not written yet)
+    nodes: int = 1  # one node per run (DDP spans the GPUs of one node)
     gpus_per_node: int = 0
+    # processes per job, one DDP rank each; 0 = one per GPU (gpus_per_node), or 1
+    tasks_per_node: int = 0
     cpus_per_task: int = 2  # also the job's torch threads when `threads` is 0
     mem_gb: float = 8.0
     time_min: int = 60  # wall-time limit of one job
@@ -352,6 +354,7 @@ def _check_values(cfg: DictConfig) -> None:
         "threads": cfg.threads,
         "data.num_workers": cfg.data.num_workers,
         "slurm.gpus_per_node": cfg.slurm.gpus_per_node,
+        "slurm.tasks_per_node": cfg.slurm.tasks_per_node,
         "slurm.max_array_size": cfg.slurm.max_array_size,
         "slurm.max_num_timeout": cfg.slurm.max_num_timeout,
         "slurm.signal_delay_s": cfg.slurm.signal_delay_s,
@@ -361,8 +364,8 @@ def _check_values(cfg: DictConfig) -> None:
             raise UsageError(f"{key} must be >= 0, got {value}")
     if cfg.slurm.nodes != 1:
         raise UsageError(
-            f"slurm.nodes={cfg.slurm.nodes}: a run uses one node (multi-node training needs "
-            "DistributedDataParallel, not written yet); valid: 1"
+            f"slurm.nodes={cfg.slurm.nodes}: a run uses one node (its DDP processes share "
+            "that node's GPUs; multi-node runs are not supported); valid: 1"
         )
     if cfg.slurm.signal_delay_s >= 60 * cfg.slurm.time_min:
         raise UsageError(

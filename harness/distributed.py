@@ -48,6 +48,21 @@ def world() -> World:
     return World()
 
 
+def is_main_process() -> bool:
+    """Rank 0, or no DDP at all; readable before the process group exists."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def mean_over_ranks(values: dict[str, float], place: World) -> dict[str, float]:
+    """Each rank's epoch means of the loss terms -> their mean (what gets logged)."""
+    if not place.active or not values:
+        return values
+    keys = sorted(values)
+    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return {k: v / place.size for k, v in zip(keys, tensor.tolist(), strict=True)}
+
+
 def init_from_env(cuda: bool) -> World:
     """Join the process group that ``WORLD_SIZE``/``RANK``/``MASTER_ADDR`` describe
     (as torchrun and ``harness.jobs`` set them); nothing when there is none."""

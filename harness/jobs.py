@@ -43,6 +43,14 @@ def _load(config: dict[str, Any]) -> DictConfig:
     return cfg
 
 
+def _tasks(submitit: Any) -> int:
+    """Processes of this job (1 where it runs outside submitit)."""
+    try:
+        return submitit.JobEnvironment().num_tasks
+    except RuntimeError:
+        return 1
+
+
 @dataclass(frozen=True)
 class RunJob:
     """Train (or resume, or skip) one run: the body of one array task."""
@@ -51,8 +59,14 @@ class RunJob:
     config: dict[str, Any]
 
     def __call__(self) -> dict[str, Any]:
+        import submitit
+
         from harness.train import train_run  # heavy: only in the worker
 
+        if _tasks(submitit) > 1:
+            # one DDP rank per task: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT for
+            # torch's env:// init; every task sees all the node's GPUs (cuda:LOCAL_RANK)
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         print(f"run {self.spec.run_id}: {self.spec.describe()} (pid {os.getpid()})", flush=True)
         return train_run(self.spec, _load(self.config))
 

@@ -48,6 +48,12 @@ def prepare(cfg: DictConfig) -> None:
     from harness.errors import UsageError
     from harness.jobs import needs_submitit
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and cfg.launcher != "inprocess":
+        raise UsageError(
+            f"launcher={cfg.launcher} under torchrun: each of its processes would launch the "
+            "whole plan; under torchrun use launcher=inprocess (SLURM starts DDP ranks itself "
+            "with launcher=slurm and slurm.gpus_per_node)"
+        )
     if cfg.launcher == "slurm":
         from harness.slurm import check_cluster
 

@@ -14,10 +14,11 @@ import sys
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from harness.config import load_config
 from harness.data import load_dataset, load_or_store_split
+from harness.distributed import is_main_process
 from harness.errors import UsageError
 from harness.launchers import LAUNCHERS, prepare
 from harness.method import get_method
@@ -68,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     suite_dir = Path(cfg.results) / cfg.suite
+    if not is_main_process():  # a DDP rank > 0 (torchrun): train, leave the talking to rank 0
+        cfg = OmegaConf.merge(cfg, {"progress": False})
+        return 1 if LAUNCHERS[cfg.launcher](plan, cfg).failed else 0
     done = sum((suite_dir / spec.run_id / "metrics.json").is_file() for spec in plan)
     print(f"suite {cfg.suite}: {len(plan)} runs planned, {done} already done", file=sys.stderr)
     outcome = LAUNCHERS[cfg.launcher](plan, cfg)

@@ -250,7 +250,8 @@ def _job_params(cfg: DictConfig) -> dict[str, Any]:
         "job_name": cfg.suite,
         "time": slurm.time_min,
         "nodes": slurm.nodes,
-        "ntasks_per_node": 1,  # one process per run until DDP
+        # one DDP process per GPU (harness.jobs.RunJob sets up the process group)
+        "ntasks_per_node": slurm.tasks_per_node or max(1, slurm.gpus_per_node),
         "cpus_per_task": slurm.cpus_per_task,
         "mem": _megabytes(slurm.mem_gb),
         "array_parallelism": slurm.array_parallelism,

@@ -530,6 +530,7 @@ def _run_stage(
             progress=bar,
             loss_module=loss_module,
         )
+        terms = distributed.mean_over_ranks(terms, ctx.place)
         row: dict[str, Any] = {"stage": stage.name, "epoch": epoch + 1, "lr": lr}
         row |= {f"loss_{key}": value for key, value in terms.items()}
         last = epoch + 1 == schedule.epochs

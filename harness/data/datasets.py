@@ -252,15 +252,16 @@ def _scan_folder(root: Path, part: str) -> tuple[tuple[str, ...], list[str], lis
 
 
 def decode_square(path: str, size: int) -> torch.Tensor:
-    """One image file -> uint8 [3, size, size]: shorter side to ``size``, center square."""
+    """One image file -> uint8 [3, size, size]: the center square of its shorter side,
+    resized to ``size`` (bilinear, antialiased). Cropping before resizing, as FFCV's
+    center-crop decoder does, keeps the two loaders' pixels aligned to the pixel."""
     with Image.open(path) as image:
         image = image.convert("RGB")
         width, height = image.size
-        scale = size / min(width, height)
-        new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-        image = image.resize((new_w, new_h), Image.BILINEAR)
-        left, top = (new_w - size) // 2, (new_h - size) // 2
-        image = image.crop((left, top, left + size, top + size))
+        side = min(width, height)
+        left, top = (width - side) // 2, (height - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+        image = image.resize((size, size), Image.BILINEAR)
         array = np.asarray(image, dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
