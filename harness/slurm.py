@@ -339,6 +339,7 @@ def submit(plan: list[RunSpec], cfg: DictConfig) -> Submission:
                 job_name=f"{cfg.suite}-report",
                 dependency=_after(after),
                 cpus_per_task=1,
+                ntasks_per_node=1,
                 mem=_megabytes(cfg.slurm.report_mem_gb),
                 gpus_per_node=None,
             )

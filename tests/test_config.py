@@ -84,3 +84,18 @@ def test_missing_stage_schedule_is_a_usage_error(tmp_path):
     suite.write_text("schedule:\n  pretrain: {epochs: 1, lr: 0.1}\n")
     with pytest.raises(UsageError, match="needs schedule.finetune"):
         make_plan(load_config([f"suite={suite}"]))
+
+
+def test_pretrained_none_and_loader_auto_resolve_before_run_ids(tmp_path):
+    from harness.config import ffcv_installed
+    from harness.plan import make_plan
+
+    default = make_plan(load_config([]))
+    named = make_plan(load_config(["model.pretrained=none", "data.loader=torchvision"]))
+    assert load_config(["model.pretrained=none"]).model.pretrained == ""
+    # digits is in memory: its loader is not part of a run's id
+    assert [s.run_id for s in named] == [s.run_id for s in default]
+    cfg = load_config(["suite=imagenet_full"])
+    assert cfg.data.loader == "torchvision"  # auto, and no data.beton
+    cfg = load_config(["suite=imagenet_full", f"data.beton={tmp_path}"])
+    assert cfg.data.loader == ("ffcv" if ffcv_installed() else "torchvision")

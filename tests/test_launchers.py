@@ -355,3 +355,26 @@ def test_settings_the_cluster_refuses_exit_2_before_any_work(
     assert run_main(["launcher=slurm", *args, f"results={results}"]) == 2
     assert message in capsys.readouterr().err
     assert not results.exists()
+
+
+def test_a_slurm_job_with_two_tasks_trains_one_run_with_ddp(slurm_cluster, results, tmp_path):
+    """slurm.tasks_per_node=2 (what gpus_per_node=2 sets on a GPU cluster): both tasks
+    are DDP ranks of one run; its metrics match one process within tolerance."""
+    run = ["methods=[baseline]", "labels=[500]", "seeds=[0]", "model.dropout=0"]
+    run += ["schedule.pretrain.epochs=4", "schedule.finetune.epochs=1", "threads=1"]
+    run += ["progress=false", "report.plots=false"]
+    one = run_cli(*run, f"results={tmp_path / 'one'}")
+    assert one.returncode == 0, one.stderr
+    done = run_cli(
+        *run, *SLURM, "slurm.tasks_per_node=2", "slurm.mem_gb=2", "wait=true", f"results={results}"
+    )
+    assert done.returncode == 0, done.stderr
+    (entry,) = ledger(results)["runs"].values()
+    job = entry["job"]
+    logs = sorted(p.name for p in (results / "digits" / "slurm").glob(f"*/{job}_*_log.out"))
+    assert logs == [f"{job}_0_log.out", f"{job}_1_log.out"]  # two tasks, one run
+    (report_job,) = ledger(results)["reports"]
+    assert len(list((results / "digits" / "slurm").glob(f"*/{report_job}_*_log.out"))) == 1
+    (single,) = metrics_of(tmp_path / "one").values()
+    (double,) = metrics_of(results).values()
+    assert abs(single["top1_val"] - double["top1_val"]) <= 1.5

@@ -310,6 +310,13 @@ def load_imagenet(args: _Args) -> Dataset:
         for part in ("train", "val"):
             beton = Path(args.beton) / f"{part}.beton"
             meta = read_manifest(beton)
+            stored = meta.get("settings", {}).get("short_side", 0)
+            if stored and args.resize > stored:
+                raise UsageError(
+                    f"{str(beton)!r} stores images with shorter side {stored}; data.resize="
+                    f"{args.resize} would upsample them: write it again with short_side="
+                    f"{args.resize} (python -m harness.data.prepare imagenet)"
+                )
             if classes is not None and meta["classes"] != list(classes):
                 raise UsageError(f"{str(beton)!r}: its classes differ from train.beton's")
             classes = tuple(meta["classes"])

@@ -6,8 +6,10 @@
 ``imagenet`` scans ``root/train/<wnid>/*`` and ``root/val/<wnid>/*`` with
 torchvision's ImageFolder (so classes and files come in exactly the order the
 ``loader=torchvision`` path reads them, and a split's indices mean the same image
-on both paths) and writes, per part, ``<part>.beton`` (JPEG images, longer side
-capped at ``max_resolution``, and int labels) and ``<part>.json`` (classes, the
+on both paths) and writes, per part, ``<part>.beton`` (JPEG images with their
+shorter side resized down to ``short_side``, 256 by default: the 256/224 pipeline
+reads nothing finer, and decoding a 256-px image instead of a ~500-px one is what
+makes loading fast; and int labels) and ``<part>.json`` (classes, the
 files in order, the settings, the beton's size). Each is written to a temporary
 file and renamed into place, the manifest last, and the reader checks the
 beton's size against its manifest: a killed write leaves nothing that is later
@@ -76,10 +78,11 @@ def scan_folder(directory: Path) -> FolderScan:
 
 
 class _DecodedImages:
-    """What FFCV's writer reads: (HxWx3 uint8 array, label) per index."""
+    """What FFCV's writer reads: (HxWx3 uint8 array, label) per index, the shorter
+    side resized down to ``short_side`` (0: as stored)."""
 
-    def __init__(self, scan: FolderScan):
-        self.scan = scan
+    def __init__(self, scan: FolderScan, short_side: int):
+        self.scan, self.short_side = scan, short_side
 
     def __len__(self) -> int:
         return len(self.scan.files)
@@ -88,14 +91,27 @@ class _DecodedImages:
         path = self.scan.files[index]
         try:
             with Image.open(path) as image:
-                array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+                image = image.convert("RGB")
+                width, height = image.size
+                scale = self.short_side / min(width, height)
+                if self.short_side and scale < 1:
+                    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+                    image = image.resize(size, Image.BILINEAR)
+                array = np.asarray(image, dtype=np.uint8)
         except OSError as error:
             raise RuntimeError(f"unreadable image {path!r}: {error}") from None
         return array, int(self.scan.targets[index])
 
 
-def _settings(max_resolution: int, jpeg_quality: int, write_mode: str) -> dict[str, Any]:
-    return {"max_resolution": max_resolution, "jpeg_quality": jpeg_quality, "mode": write_mode}
+def _settings(
+    short_side: int, max_resolution: int, jpeg_quality: int, write_mode: str
+) -> dict[str, Any]:
+    return {
+        "short_side": short_side,
+        "max_resolution": max_resolution,
+        "jpeg_quality": jpeg_quality,
+        "mode": write_mode,
+    }
 
 
 def _files_hash(files: list[str]) -> str:
@@ -131,6 +147,7 @@ def write_part(
     out: Path,
     part: str,
     *,
+    short_side: int,
     max_resolution: int,
     jpeg_quality: int,
     write_mode: str,
@@ -141,7 +158,7 @@ def write_part(
     from ffcv.writer import DatasetWriter
 
     relative = scan.relative(root / part)
-    settings = _settings(max_resolution, jpeg_quality, write_mode)
+    settings = _settings(short_side, max_resolution, jpeg_quality, write_mode)
     beton = out / f"{part}.beton"
     try:
         meta = read_manifest(beton)
@@ -156,7 +173,9 @@ def write_part(
         str(temporary),
         {
             "image": RGBImageField(
-                write_mode=write_mode, max_resolution=max_resolution, jpeg_quality=jpeg_quality
+                write_mode=write_mode,
+                max_resolution=max_resolution or None,
+                jpeg_quality=jpeg_quality,
             ),
             "label": IntField(),
         },
@@ -164,7 +183,7 @@ def write_part(
     )
     try:
         print(f"writing {beton} ({len(scan.files)} images)", file=sys.stderr)
-        writer.from_indexed_dataset(_DecodedImages(scan), chunksize=100)
+        writer.from_indexed_dataset(_DecodedImages(scan, short_side), chunksize=100)
         os.replace(temporary, beton)
     finally:
         temporary.unlink(missing_ok=True)
@@ -185,7 +204,8 @@ def prepare_imagenet(
     root: Path,
     out: Path,
     *,
-    max_resolution: int = 512,
+    short_side: int = 256,
+    max_resolution: int = 0,
     jpeg_quality: int = 90,
     write_mode: str = "jpg",
     workers: int = 0,
@@ -210,6 +230,7 @@ def prepare_imagenet(
             root,
             out,
             part,
+            short_side=short_side,
             max_resolution=max_resolution,
             jpeg_quality=jpeg_quality,
             write_mode=write_mode,
@@ -272,7 +293,7 @@ def _jpeg(image: Image.Image) -> bytes:
 
 
 COMMANDS = {
-    "imagenet": "root=DIR out=DIR [max_resolution=512] [jpeg_quality=90] "
+    "imagenet": "root=DIR out=DIR [short_side=256] [max_resolution=0] [jpeg_quality=90] "
     "[write_mode=jpg|raw|smart] [workers=0] [parts=train,val]",
     "demo": "out=DIR [source=/usr/share/datasets/fashion-mnist] [classes=4] "
     "[train_per_class=150] [val_per_class=50] [width=48] [height=40]",
@@ -306,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "root": Path,
                     "out": Path,
+                    "short_side": int,
                     "max_resolution": int,
                     "jpeg_quality": int,
                     "write_mode": str,
@@ -324,8 +346,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise unknown("write_mode", args["write_mode"], ("jpg", "raw", "smart"))
             if not 1 <= args.get("jpeg_quality", 90) <= 100:
                 raise UsageError(f"jpeg_quality={args['jpeg_quality']} must lie in 1..100")
-            if args.get("max_resolution", 512) < 1:
-                raise UsageError("max_resolution must be a positive integer")
+            for key in ("short_side", "max_resolution"):
+                if args.get(key, 0) < 0:
+                    raise UsageError(f"{key} must be >= 0 (0: no limit)")
             root, out = args.pop("root"), args.pop("out")
             for path in prepare_imagenet(root, out, parts=parts, **args):
                 print(path)
