@@ -75,7 +75,7 @@ def budget_key(budget: object) -> str:
             except ValueError:
                 pass
     raise UsageError(
-        f"label budget {budget!r} must be a count (int), a fraction in (0, 1] "
+        f"label budget {budget!r} must be a count (int) or a fraction in (0, 1], "
         f"or a file of labeled image names (*{LIST_SUFFIX})"
     )
 
