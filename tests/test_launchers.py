@@ -361,7 +361,7 @@ def test_a_slurm_job_with_two_tasks_trains_one_run_with_ddp(slurm_cluster, resul
     """slurm.tasks_per_node=2 (what gpus_per_node=2 sets on a GPU cluster): both tasks
     are DDP ranks of one run; its metrics match one process within tolerance."""
     run = ["methods=[baseline]", "labels=[500]", "seeds=[0]", "model.dropout=0"]
-    run += ["schedule.pretrain.epochs=4", "schedule.finetune.epochs=1", "threads=1"]
+    run += ["schedule.pretrain.epochs=3", "schedule.finetune.epochs=1", "threads=1"]
     run += ["progress=false", "report.plots=false"]
     one = run_cli(*run, f"results={tmp_path / 'one'}")
     assert one.returncode == 0, one.stderr
