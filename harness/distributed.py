@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -58,7 +59,9 @@ def mean_over_ranks(values: dict[str, float], place: World) -> dict[str, float]:
     if not place.active or not values:
         return values
     keys = sorted(values)
-    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    # NCCL reduces only CUDA tensors
+    device = torch.device("cuda", place.local_rank) if dist.get_backend() == "nccl" else None
+    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return {k: v / place.size for k, v in zip(keys, tensor.tolist(), strict=True)}
 
@@ -70,7 +73,9 @@ def init_from_env(cuda: bool) -> World:
     if size > 1 and not dist.is_initialized():
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        # rank 0 alone writes the record and draws samples.png while the others wait
+        # at a barrier: on ImageNet's val set that can outlast the default 10 minutes
+        dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=timedelta(hours=2))
     return world()
 
 

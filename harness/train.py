@@ -169,6 +169,8 @@ def stage_batches(ctx: Context, method: Method, stage: Stage, epoch: int) -> Ite
             x = ctx.prepare(x, generator, cfg.optim.batch_size)
             batch.x, batch.y = x, y.to(ctx.device, non_blocking=True)
         yield batch
+    if labeled is not None:
+        next(labeled, None)  # runs the stream to its end, which frees an FFCV loader
 
 
 class StageLoss(torch.nn.Module):
@@ -340,11 +342,12 @@ def _train_run(spec: RunSpec, cfg: DictConfig, record: RunRecord) -> dict[str, A
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     place = distributed.world()
-    if place.active and cfg.optim.batch_size < place.size:
-        raise UsageError(
-            f"optim.batch_size={cfg.optim.batch_size} cannot be shared by {place.size} "
-            f"processes; valid: at least {place.size}"
-        )
+    for key in ("batch_size", "unlabeled_batch_size"):
+        if place.active and cfg.optim[key] < place.size:
+            raise UsageError(
+                f"optim.{key}={cfg.optim[key]} cannot be shared by {place.size} "
+                f"processes; valid: at least {place.size}"
+            )
     dataset = load_dataset(cfg.data)
     split = load_or_store_split(
         Path(cfg.results), dataset, spec.labels, spec.split_seed, store=place.is_main

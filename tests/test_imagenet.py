@@ -57,6 +57,7 @@ SMALL = [
     "schedule.finetune.epochs=0",
     "decoding.weights=[0.01,0.0001,0.0001]",
     "threads=2",
+    "device=cpu",
     "seeds=[0]",
     "progress=false",
     "report.plots=false",
@@ -249,12 +250,16 @@ def test_a_published_list_gives_exactly_its_images(folder, betons, tmp_path):
 
 def test_imagenet_suites_name_the_missing_data_location(tmp_path, capsys):
     for suite in ("imagenet_full", "imagenet_10pct", "imagenet_1pct"):
-        assert run_main([f"suite={suite}", f"results={tmp_path}"]) == 2
+        assert run_main([f"suite={suite}", "device=cpu", f"results={tmp_path}"]) == 2
         error = capsys.readouterr().err
         assert "data.path=" in error and "data.beton=" in error
-    assert run_main(["suite=imagenet_full", "data.loader=ffcv", f"results={tmp_path}"]) == 2
+    assert (
+        run_main(["suite=imagenet_full", "device=cpu", "data.loader=ffcv", f"results={tmp_path}"])
+        == 2
+    )
     assert "data.loader=ffcv needs data.beton=" in capsys.readouterr().err
-    assert run_main(["suite=imagenet_full", f"data.beton={tmp_path}", f"results={tmp_path}"]) == 2
+    args = ["suite=imagenet_full", "device=cpu", f"data.beton={tmp_path}"]
+    assert run_main([*args, f"results={tmp_path}"]) == 2
     assert "train.beton' does not exist" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 

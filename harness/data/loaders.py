@@ -122,7 +122,7 @@ def ffcv_batches(
     loader.indices = loader.traversal_order.indices = loader.first_traversal_order = stream
     for x, y in loader:
         # NHWC -> NCHW copies out of FFCV's reused buffers
-        yield x.permute(0, 3, 1, 2).contiguous(), y.reshape(-1).long()
+        yield x.permute(0, 3, 1, 2).contiguous(), y.reshape(-1).to(torch.int64, copy=True)
     # only a loader whose epoch ran to its end is reused (a live epoch holds threads)
     _IDLE_FFCV_LOADERS[(beton, size, resize, threads)].append(loader)
 

@@ -184,6 +184,7 @@ def write_part(
     try:
         print(f"writing {beton} ({len(scan.files)} images)", file=sys.stderr)
         writer.from_indexed_dataset(_DecodedImages(scan, short_side), chunksize=100)
+        beton.with_suffix(".json").unlink(missing_ok=True)  # no old manifest beside it
         os.replace(temporary, beton)
     finally:
         temporary.unlink(missing_ok=True)
