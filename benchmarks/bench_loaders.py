@@ -37,7 +37,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness.data import augment_batch, load_batches  # noqa: E402
+from harness.data import augment_batch, epoch_batches, load_batches  # noqa: E402
 from harness.data.datasets import ImageSet  # noqa: E402
 from harness.data.loaders import ffcv_batches  # noqa: E402
 from harness.data.prepare import make_demo_folder, prepare_imagenet, scan_folder  # noqa: E402
@@ -72,8 +72,8 @@ def make_data(root: Path, images: int) -> tuple[Path, dict[str, Path]]:
 
 
 def epoch_order(n: int, batch: int, seed: int) -> list[np.ndarray]:
-    order = np.random.default_rng(seed).permutation(n)
-    return [order[i : i + batch] for i in range(0, n, batch)]
+    """A shuffled pass over ``n`` images, as the trainer draws one."""
+    return epoch_batches(np.arange(n), batch, "bench", seed)
 
 
 def timed(batches, generator: torch.Generator) -> tuple[float, int]:

@@ -289,8 +289,8 @@ def load_config(argv: list[str]) -> DictConfig:
     except yaml.YAMLError as error:
         first = str(error).splitlines()[0]
         raise UsageError(f"an override is not valid YAML ({first}): {' '.join(rest)}") from None
-    _check_values(cfg)
     _resolve(cfg)
+    _check_values(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
 
@@ -396,8 +396,7 @@ def _check_values(cfg: DictConfig) -> None:
             raise UsageError(f"schedule.{name}.lr must be > 0, got {stage.lr}")
         if stage.steps < 0:
             raise UsageError(f"schedule.{name}.steps must be >= 0, got {stage.steps}")
-    pretrained = cfg.model.pretrained
-    if pretrained and pretrained.lower() != "none" and not Path(pretrained).is_file():
+    if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():
         raise UsageError(f"model.pretrained={cfg.model.pretrained!r} is not a file")
     if any(not w >= 0 for w in cfg.decoding.weights):  # `not >=` also catches nan
         raise UsageError(f"decoding.weights must all be >= 0, got {list(cfg.decoding.weights)}")

@@ -386,6 +386,7 @@ def _train_run(spec: RunSpec, cfg: DictConfig, record: RunRecord) -> dict[str, A
     model = method.build_model(encoder, dataset).to(device)
     if ctx.cuda:
         model = model.to(memory_format=torch.channels_last)
+    stages = method.stages()
     checkpoint = record.load_checkpoint()
     history: list[dict[str, Any]] = []
     start_stage, start_epoch = 0, 0
@@ -394,7 +395,7 @@ def _train_run(spec: RunSpec, cfg: DictConfig, record: RunRecord) -> dict[str, A
         method.load_state_dict(checkpoint["method"])
         history = checkpoint["history"]
         start_stage, start_epoch = checkpoint["stage_index"], checkpoint["epoch"]
-        names = [stage.name for stage in method.stages()]
+        names = [stage.name for stage in stages]
         where = (
             f"stage {names[start_stage]} after epoch {start_epoch}"
             if start_stage < len(names)
@@ -405,7 +406,6 @@ def _train_run(spec: RunSpec, cfg: DictConfig, record: RunRecord) -> dict[str, A
             # killed between checkpoint and CSV: the CSV may lack the last row
             record.write_history(history)
     started = time.perf_counter()
-    stages = method.stages()
     for index, stage in enumerate(stages):
         if index < start_stage:
             continue

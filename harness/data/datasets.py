@@ -80,12 +80,9 @@ def load_dataset(data_cfg: DictConfig) -> Dataset:
     """Load (once per process) the dataset a suite's ``data`` section names."""
     if data_cfg.name not in DATASETS:
         raise unknown("dataset (data.name)", data_cfg.name, DATASETS)
-    loader = data_cfg.get("loader", "torchvision")
+    # load_config resolved data.loader; a bare data section (tests) reads files with PIL
     args = _Args(
-        data_cfg.path,
-        data_cfg.resize,
-        "torchvision" if loader == "auto" else loader,
-        data_cfg.get("beton"),
+        data_cfg.path, data_cfg.resize, data_cfg.get("loader", "torchvision"), data_cfg.get("beton")
     )
     return _load_cached(data_cfg.name, args)
 
@@ -99,7 +96,7 @@ def _load_cached(name: str, args: _Args) -> Dataset:
 class _Args:
     path: str | None
     resize: int
-    loader: str = "torchvision"  # ffcv | torchvision (resolved: never auto here)
+    loader: str = "torchvision"  # ffcv reads `beton`; anything else `path`
     beton: str | None = None
 
 
@@ -251,6 +248,16 @@ def _scan_folder(root: Path, part: str) -> tuple[tuple[str, ...], list[str], lis
     return classes, files, targets
 
 
+def check_same_classes(root: Path, train: tuple[str, ...], val: tuple[str, ...]) -> None:
+    """``root/train`` and ``root/val`` must hold the same class folders (a label is an
+    index into them)."""
+    if train != val:
+        raise UsageError(
+            f"class folders of {str(root / 'val')!r} differ from train/: "
+            f"{sorted(set(val) ^ set(train))[:10]}"
+        )
+
+
 def decode_square(path: str, size: int) -> torch.Tensor:
     """One image file -> uint8 [3, size, size]: the center square of its shorter side,
     resized to ``size`` (bilinear, antialiased). Cropping before resizing, as FFCV's
@@ -276,11 +283,7 @@ def load_image_folder(args: _Args) -> Dataset:
         raise UsageError(f"data.path {str(root)!r} does not exist (dataset image_folder)")
     classes, train_files, train_targets = _scan_folder(root, "train")
     val_classes, val_files, val_targets = _scan_folder(root, "val")
-    if val_classes != classes:
-        raise UsageError(
-            f"class folders of {str(root / 'val')!r} differ from train/: "
-            f"{sorted(set(val_classes) ^ set(classes))}"
-        )
+    check_same_classes(root, classes, val_classes)
     train = ImageSet(np.asarray(train_targets, np.int64), files=tuple(train_files))
     val = ImageSet(np.asarray(val_targets, np.int64), files=tuple(val_files))
     return Dataset("image_folder", train, val, classes, 3, IMAGENET_MEAN, IMAGENET_STD)
@@ -343,11 +346,7 @@ def load_imagenet(args: _Args) -> Dataset:
     if not root.is_dir():
         raise UsageError(f"data.path {str(root)!r} does not exist (dataset imagenet)")
     train, val = scan_folder(root / "train"), scan_folder(root / "val")
-    if train.classes != val.classes:
-        raise UsageError(
-            f"class folders of {str(root / 'val')!r} differ from train/: "
-            f"{sorted(set(val.classes) ^ set(train.classes))[:10]}"
-        )
+    check_same_classes(root, train.classes, val.classes)
     return Dataset(
         "imagenet",
         ImageSet(train.targets, files=train.files),

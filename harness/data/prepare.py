@@ -220,9 +220,11 @@ def prepare_imagenet(
             "writing .beton files needs ffcv: pip install -e '.[ffcv]' (Debian: "
             "pkg-config libturbojpeg0-dev libopencv-dev first)"
         ) from None
+    from harness.data.datasets import check_same_classes
+
     scans = {part: scan_folder(root / part) for part in parts}  # all checks before any write
-    if len(parts) == 2 and scans["train"].classes != scans["val"].classes:
-        raise UsageError(f"class folders of {str(root / 'val')!r} differ from train/")
+    if len(parts) == 2:
+        check_same_classes(root, scans["train"].classes, scans["val"].classes)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for part, scan in scans.items():
