@@ -117,7 +117,7 @@ def main() -> None:
         # 3. one sbatch per run, the same job bodies
         results = work / "single"
         before = calls(work)
-        config = job_config(cfg, threads=1)
+        config = job_config(cfg)
         executor = slurm._executor(cfg, results / "digits" / "slurm")
         executor._throttling = 0.0  # submitit waits 0.2 s between single submissions: not sbatch
         tic = time.perf_counter()

@@ -10,7 +10,10 @@ bad key or value and what would have been valid.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,11 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from harness.errors import UsageError, unknown
 
-SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
+# CPU threads of a run unless `threads=` says otherwise: a constant, so one run id means
+# one result whichever launcher (and machine) runs it
+DEFAULT_THREADS = 1
+# the `suites` package's folder: the repo's suites/, or the installed package data
+SUITES_DIR = Path(str(resources.files("suites")))
 DEFAULT_SUITE = "digits"
 
 
@@ -162,16 +169,20 @@ class SuiteConfig:
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     device: str = "cpu"  # cpu | cuda | auto; cuda turns on AMP and channels_last
-    threads: int = 0  # torch intra-op threads on CPU; 0 keeps torch's default
+    # torch intra-op threads. CPU results depend on the thread count, so it is the same
+    # under every launcher (not the machine's core count) and part of a CPU run's id
+    threads: int = DEFAULT_THREADS
     launcher: str = "inprocess"  # inprocess | local_parallel | slurm
     parallel: int = 2  # launcher=local_parallel: runs at once
     wait: bool = False  # launcher=slurm: wait for the jobs (progress bar), then print the table
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     results: str = "results"  # the results root
     progress: bool = True  # tqdm bars on stderr
+    dry_run: bool = False  # print the plan (ids, what each waits for, done or not); write nothing
 
 
-# Keys that change how a run executes but not what it computes: left out of run ids.
+# Keys that change how runs are planned, launched or reported but not what a run
+# computes: never in a run id (DESIGN, "Run").
 EXECUTION_KEYS = (
     "suite",
     "description",
@@ -179,7 +190,7 @@ EXECUTION_KEYS = (
     "labels",
     "seeds",
     "device",
-    "threads",
+    "threads",  # added back for CPU runs, where it changes the numbers
     "launcher",
     "parallel",
     "wait",
@@ -187,12 +198,16 @@ EXECUTION_KEYS = (
     "results",
     "progress",
     "report",
+    "dry_run",
 )
-EXECUTION_DATA_KEYS = ("num_workers", "beton")
+# where the data is and how fast it is read: the dataset enters by its fingerprint
+EXECUTION_DATA_KEYS = ("path", "beton", "num_workers")
+EXECUTION_EVAL_KEYS = ("batch_size",)
 # Datasets whose pixels depend on data.loader (FFCV re-encodes and resizes with OpenCV)
 LOADER_DATASETS = ("imagenet",)
-# Sections that only some methods read: in a run id only if its method declares them.
-METHOD_SECTIONS = ("decoding",)
+# Sections that only some methods read: in a run id only if its method declares them,
+# less the keys that only draw pictures
+METHOD_SECTIONS = {"decoding": ("samples",)}
 
 _LIST_KEYS = ("methods", "labels", "seeds")
 
@@ -340,6 +355,7 @@ def _check_values(cfg: DictConfig) -> None:
         "report.last_k": cfg.report.last_k,
         "report.resamples": cfg.report.resamples,
         "parallel": cfg.parallel,
+        "threads": cfg.threads,
         "slurm.cpus_per_task": cfg.slurm.cpus_per_task,
         "slurm.time_min": cfg.slurm.time_min,
         "slurm.array_parallelism": cfg.slurm.array_parallelism,
@@ -351,7 +367,6 @@ def _check_values(cfg: DictConfig) -> None:
         "optim.momentum": cfg.optim.momentum,
         "optim.weight_decay": cfg.optim.weight_decay,
         "optim.grad_clip": cfg.optim.grad_clip,
-        "threads": cfg.threads,
         "data.num_workers": cfg.data.num_workers,
         "slurm.gpus_per_node": cfg.slurm.gpus_per_node,
         "slurm.tasks_per_node": cfg.slurm.tasks_per_node,
@@ -407,13 +422,21 @@ def _check_values(cfg: DictConfig) -> None:
 
 
 def run_relevant(
-    cfg: DictConfig, stage_names: list[str], sections: tuple[str, ...] = ()
+    cfg: DictConfig,
+    stage_names: list[str],
+    sections: tuple[str, ...] = (),
+    *,
+    reads_pool: bool = True,
+    fingerprint: str = "",
 ) -> dict[str, Any]:
     """The part of the config that decides one run's numbers (what its id hashes).
 
-    Only the schedule of the run's own stages and the method sections its
-    method reads (``sections``) count, so changing a decoder stage or weight
-    does not re-run the baseline.
+    Only what the method's training reads counts: the schedule of its own stages,
+    the method sections it declares (``sections``), the unlabeled batch size only
+    where a stage draws from the pool (``reads_pool``). The dataset enters by its
+    content ``fingerprint``, not its path, so a moved dataset keeps every result;
+    a ``model.pretrained`` file by the hash of its bytes. The thread count enters
+    CPU runs, whose results depend on it; on CUDA bf16 autocast does.
     """
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)
@@ -421,12 +444,39 @@ def run_relevant(
         plain.pop(key, None)
     for key in EXECUTION_DATA_KEYS:
         plain["data"].pop(key, None)
+    for key in EXECUTION_EVAL_KEYS:
+        plain["eval"].pop(key, None)
+    plain["data"]["fingerprint"] = fingerprint
     if cfg.data.name not in LOADER_DATASETS:
         plain["data"].pop("loader")
+    if not reads_pool:
+        plain["optim"].pop("unlabeled_batch_size")
+    if cfg.model.pretrained:
+        plain["model"]["pretrained"] = file_digest(cfg.model.pretrained)
     plain["schedule"] = {name: plain["schedule"][name] for name in stage_names}
-    for key in METHOD_SECTIONS:
+    for key, pictures_only in METHOD_SECTIONS.items():
         if key not in sections:
             plain.pop(key)
-    # device is an execution key, but CUDA runs use bf16 autocast: a different result
-    plain["amp"] = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+        else:
+            for name in pictures_only:
+                plain[key].pop(name, None)
+    cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    plain["amp"] = cuda
+    if not cuda:
+        plain["threads"] = cfg.threads
     return plain
+
+
+@lru_cache(maxsize=16)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def file_digest(path: str) -> str:
+    """SHA-256 of a file's bytes (hashed once per process while it is unchanged)."""
+    info = Path(path).stat()
+    return _digest(str(Path(path).resolve()), info.st_size, info.st_mtime_ns)

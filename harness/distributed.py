@@ -106,6 +106,17 @@ def gather_rows(local: np.ndarray, total: int, place: World) -> np.ndarray:
     return out
 
 
+def broadcast_flag(flag: bool, place: World) -> bool:
+    """Rank 0's ``flag`` on every rank (``flag`` itself in a world of one): a decision
+    only rank 0 can make, such as whether it holds a run's lock."""
+    if not place.active:
+        return flag
+    device = torch.device("cuda", place.local_rank) if dist.get_backend() == "nccl" else None
+    tensor = torch.tensor([int(flag)], device=device)
+    dist.broadcast(tensor, src=0)
+    return bool(tensor.item())
+
+
 def barrier(place: World) -> None:
     if place.active:
         dist.barrier()

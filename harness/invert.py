@@ -38,7 +38,7 @@ from harness.method import get_method
 from harness.models import build_encoder
 from harness.plan import RunSpec, make_plan
 from harness.seeding import derive_seed, numpy_rng
-from harness.store import atomic_write_text, run_record
+from harness.store import atomic_write_text, load_weights, run_record
 
 INVERT_KEYS = ("method", "layer", "images", "fc_steps")
 KINDS = ("sae", "swwae")
@@ -110,7 +110,7 @@ def load_models(
             cfg.model.name, dataset.channels, dataset.num_classes, cfg.data.crop
         )
         model = method.build_model(encoder, dataset)
-        model.load_state_dict(torch.load(record.stage_file(last_stage), map_location="cpu"))
+        model.load_state_dict(load_weights(record.stage_file(last_stage), map_location="cpu"))
         models[name] = model.eval()
     return models
 

@@ -25,14 +25,14 @@ from omegaconf import DictConfig, OmegaConf
 from harness.plan import RunSpec
 
 
-def job_config(cfg: DictConfig, threads: int) -> dict[str, Any]:
+def job_config(cfg: DictConfig) -> dict[str, Any]:
     """The config a worker runs with: the results root made absolute (a job may start
-    in another folder), and ``threads`` fixed where the suite leaves it to torch, so
-    jobs sharing a node do not each take every core."""
+    in another folder). ``threads`` is the suite's, not the job's core count: CPU
+    results depend on it, and a run id must give the same numbers under every
+    launcher."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)
     plain["results"] = str(Path(cfg.results).resolve())
-    plain["threads"] = cfg.threads or threads
     plain["progress"] = False  # a bar in a log file is noise
     return plain
 
@@ -59,6 +59,9 @@ class RunJob:
     config: dict[str, Any]
 
     def __call__(self) -> dict[str, Any]:
+        """The run's metrics; a failed run raises (SLURM then marks the task failed;
+        the error is in the run's ``failed.json``), a run another process holds
+        returns nothing."""
         import submitit
 
         from harness.train import train_run  # heavy: only in the worker
@@ -68,7 +71,12 @@ class RunJob:
             # torch's env:// init; every task sees all the node's GPUs (cuda:LOCAL_RANK)
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         print(f"run {self.spec.run_id}: {self.spec.describe()} (pid {os.getpid()})", flush=True)
-        return train_run(self.spec, _load(self.config))
+        result = train_run(self.spec, _load(self.config))
+        if result.message:
+            print(result.message, flush=True)
+        if result.status == "failed":
+            raise RuntimeError(result.message)
+        return result.metrics
 
     def checkpoint(self) -> Any:
         """Called by submitit on SIGUSR2 (time limit or preemption): requeue the same run;

@@ -1,8 +1,10 @@
 """Launchers: how a plan's runs get executed.
 
 A launcher takes the plan (dependencies first) and the config, and says whether
-the runs ended here (``harness.run`` then writes and prints the report) and how
-many failed. ``inprocess`` runs them one after another in this process;
+the runs ended here (``harness.run`` then writes and prints the report and a
+done / failed / skipped line from the store, ``tally``). A run that fails never
+stops the others: its error is in its ``failed.json``, and only the runs that
+start from it are skipped. ``inprocess`` runs them one after another in this process;
 ``local_parallel`` runs up to ``parallel`` at once in worker processes through
 submitit's local executor; ``slurm`` submits them as array jobs and returns
 (or, with ``wait=true``, waits). Every launcher runs the same job body,
@@ -12,14 +14,17 @@ submitit's local executor; ``slurm`` submits them as array jobs and returns
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from harness.distributed import is_main_process
 from harness.plan import RunSpec
 from harness.store import run_record
 
@@ -27,7 +32,6 @@ from harness.store import run_record
 @dataclass(frozen=True)
 class Outcome:
     finished: bool  # the runs ended here (not only submitted): report now
-    failed: int = 0
 
 
 Launcher = Callable[[list[RunSpec], DictConfig], Outcome]
@@ -68,21 +72,60 @@ def prepare(cfg: DictConfig) -> None:
 
 @register_launcher("inprocess")
 def launch_inprocess(plan: list[RunSpec], cfg: DictConfig) -> Outcome:
+    """One run after another in this process. A failed run, or one another process
+    holds, is reported in one line and the plan goes on; the runs that start from it
+    are skipped (they would fail for want of its weights)."""
     from harness.train import train_run  # the trainer is heavy; load it only to run
 
-    for spec in tqdm(
+    ended: dict[str, str] = {}
+    bar = tqdm(
         plan, desc=f"suite {cfg.suite}", unit="run", disable=not cfg.progress, dynamic_ncols=True
-    ):
-        train_run(spec, cfg)
+    )
+    for spec in bar:
+        waits_on = [run for run in spec.depends_on if ended.get(run, "done") != "done"]
+        if waits_on:
+            ended[spec.run_id] = "skipped"
+            _say(
+                f"run {spec.run_id} ({spec.describe()}) skipped: it starts from run "
+                f"{waits_on[0]}, which {ended[waits_on[0]]}"
+            )
+            continue
+        result = train_run(spec, cfg)
+        ended[spec.run_id] = result.status
+        if result.status != "done":
+            _say(result.message)
     return Outcome(finished=True)
+
+
+def _say(message: str) -> None:
+    """One line on stderr (rank 0 only), above any progress bar."""
+    if is_main_process():
+        tqdm.write(message, file=sys.stderr)
+
+
+def tally(plan: list[RunSpec], cfg: DictConfig) -> dict[str, int]:
+    """done / failed / skipped counts of the plan, from the store: skipped is every run
+    neither done nor failed (another process holds it, or it starts from a run that
+    did not finish)."""
+    counts = dict.fromkeys(("done", "failed", "skipped"), 0)
+    for spec in plan:
+        record = run_record(cfg.results, spec.suite, spec.run_id)
+        if record.is_done():
+            counts["done"] += 1
+        elif record.failure_file.is_file():
+            counts["failed"] += 1
+        else:
+            counts["skipped"] += 1
+    return counts
 
 
 @register_launcher("local_parallel")
 def launch_local_parallel(plan: list[RunSpec], cfg: DictConfig) -> Outcome:
     """Up to ``parallel`` runs at once, each in its own process (submitit's
     LocalExecutor starts whatever it is given at once, so the queue is kept here).
-    A run starts when the runs it depends on have ended; if one of them failed, it
-    fails at once with an error that names it."""
+    A run starts when the runs it depends on are done; if one of them ended
+    otherwise, it is skipped with a line that names it. A worker's failure is in the
+    run's ``failed.json`` and its log under ``<results>/<suite>/local/``."""
     import submitit
     import torch
 
@@ -93,8 +136,7 @@ def launch_local_parallel(plan: list[RunSpec], cfg: DictConfig) -> Outcome:
     executor.update_parameters(timeout_min=60 * 24 * 365)  # no time limit on one's own machine
     # submitit hides every GPU from a worker unless given some: one each, in turn
     gpus = torch.cuda.device_count() if cfg.device != "cpu" else 0
-    cores = len(os.sched_getaffinity(0))
-    config = job_config(cfg, threads=max(1, cores // cfg.parallel))
+    config = job_config(cfg)
     waiting = [s for s in plan if not run_record(cfg.results, s.suite, s.run_id).is_done()]
     running: dict[str, submitit.LocalJob] = {}
     bar = tqdm(
@@ -106,16 +148,30 @@ def launch_local_parallel(plan: list[RunSpec], cfg: DictConfig) -> Outcome:
         dynamic_ncols=True,
     )
     started = 0
+    ended_badly: set[str] = set()
     while waiting or running:
         for run_id, job in list(running.items()):
             if job.done():
                 del running[run_id]
                 bar.update(1)
+                message = _job_problem(job)
+                if message:  # failed, or another process holds the run
+                    ended_badly.add(run_id)
+                    _say(message)
         unfinished = {s.run_id for s in waiting} | set(running)
         for spec in list(waiting):
             if len(running) >= cfg.parallel:
                 break
-            if not unfinished.intersection(spec.depends_on):
+            blocked = ended_badly.intersection(spec.depends_on)
+            if blocked:
+                _say(
+                    f"run {spec.run_id} ({spec.describe()}) skipped: it starts from run "
+                    f"{min(blocked)}, which did not finish"
+                )
+                ended_badly.add(spec.run_id)
+                waiting.remove(spec)
+                bar.update(1)
+            elif not unfinished.intersection(spec.depends_on):
                 if gpus:
                     executor.update_parameters(gpus_per_node=1, visible_gpus=[started % gpus])
                 running[spec.run_id] = executor.submit(RunJob(spec, config))
@@ -123,11 +179,24 @@ def launch_local_parallel(plan: list[RunSpec], cfg: DictConfig) -> Outcome:
                 started += 1
         time.sleep(0.2)
     bar.close()
-    return Outcome(finished=True, failed=_not_done(plan, cfg))
+    return Outcome(finished=True)
 
 
-def _not_done(plan: list[RunSpec], cfg: DictConfig) -> int:
-    return sum(not run_record(cfg.results, s.suite, s.run_id).is_done() for s in plan)
+def _job_problem(job: Any) -> str:
+    """Empty for a worker that finished its run; else one line on why not: the line
+    ``train_run`` printed (failed, or held by another process), else the worker's error."""
+    try:
+        if job.state == "FINISHED" and job.result():
+            return ""
+        reason = f"worker {job.job_id} ended without finishing its run"
+    except Exception as error:  # noqa: BLE001 - a worker's error, shown in one line
+        reason = (str(error).strip().splitlines() or [f"worker {job.job_id} failed"])[0]
+    said = [
+        line
+        for line in (job.stdout() or "").splitlines()
+        if line.startswith("run ") and (" failed: " in line or " skipped: " in line)
+    ]
+    return said[-1] if said else reason
 
 
 @register_launcher("slurm")
@@ -141,4 +210,4 @@ def launch_slurm(plan: list[RunSpec], cfg: DictConfig) -> Outcome:
     if not cfg.wait:
         return Outcome(finished=False)
     slurm.wait(plan, cfg, submission)
-    return Outcome(finished=True, failed=_not_done(plan, cfg))
+    return Outcome(finished=True)

@@ -66,6 +66,10 @@ class Batch:
     x: torch.Tensor | None = None  # labeled images
     y: torch.Tensor | None = None  # their labels
     u: list[torch.Tensor] = field(default_factory=list)  # views of the unlabeled images
+    # under DDP: world size x this rank's rows / the batch's rows. The loss is scaled by
+    # it, so that DDP's mean over ranks is the whole batch's mean also when a batch does
+    # not divide evenly (1.0 on one process)
+    share: float = 1.0
 
 
 class Method:

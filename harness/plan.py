@@ -1,8 +1,11 @@
 """Suite x methods x label budgets x seeds -> a list of runs with stable ids.
 
 A run's id is a short hash of the suite name, method, label budget, seeds and
-the part of the config that decides its numbers, so the same run always maps to
-the same folder and a changed setting maps to a new one.
+the part of the config that decides its numbers (``config.run_relevant``: what
+the method's training reads, the dataset's content fingerprint, a pretrained
+file's content hash), so the same run always maps to the same folder, wherever
+the data lies and whichever launcher runs it, and a changed setting maps to a
+new one.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
-from harness.config import run_relevant
-from harness.data import budget_key
+from harness.config import file_digest, run_relevant
+from harness.data import budget_key, load_dataset
+from harness.data.splits import every_image_labeled, is_list_budget
 from harness.errors import UsageError
 from harness.method import METHODS, available_methods, get_method
 
@@ -58,16 +62,20 @@ def run_id(payload: dict) -> str:
 
 @dataclass(frozen=True)
 class _MethodInfo:
-    """What the plan needs of a method; the same for all its runs in one config."""
+    """What the plan needs of a method; the same for all its runs in one config
+    (the config also for all its budgets with an unlabeled pool, or all without)."""
 
     stages: tuple
     config: dict
 
 
-def _method_info(cfg: DictConfig, name: str, methods: dict[str, _MethodInfo]) -> _MethodInfo:
-    # computed once per method: run_relevant copies the whole config, which at
-    # 10,000 runs would dominate planning
-    if name not in methods:
+def _method_info(
+    cfg: DictConfig, name: str, all_labeled: bool, methods: dict, fingerprint: str
+) -> _MethodInfo:
+    # computed once per method and pool: run_relevant copies the whole config, which
+    # at 10,000 runs would dominate planning
+    key = (name, all_labeled)
+    if key not in methods:
         method = get_method(name)(cfg)
         stages = tuple(method.stages())
         stage_names = [stage.name for stage in stages]
@@ -78,8 +86,23 @@ def _method_info(cfg: DictConfig, name: str, methods: dict[str, _MethodInfo]) ->
                 f"{cfg.suite!r}; the suite's schedule has: "
                 f"{', '.join(cfg.schedule) or '(none)'}"
             )
-        methods[name] = _MethodInfo(stages, run_relevant(cfg, stage_names, method.config_sections))
-    return methods[name]
+        # with every image labeled no stage draws a second (pool) batch
+        reads_pool = not all_labeled and any(stage.unlabeled for stage in stages)
+        config = run_relevant(
+            cfg,
+            stage_names,
+            method.config_sections,
+            reads_pool=reads_pool,
+            fingerprint=fingerprint,
+        )
+        methods[key] = _MethodInfo(stages, config)
+    return methods[key]
+
+
+def _budget_identity(labels: str) -> str:
+    """What a budget contributes to a run id: its text, or a list file's content hash
+    (a moved list names the same images)."""
+    return f"list:{file_digest(labels)}" if is_list_budget(labels) else labels
 
 
 def _run_spec(
@@ -88,16 +111,19 @@ def _run_spec(
     labels: str,
     seed: int,
     known: dict[str, RunSpec],
-    methods: dict[str, _MethodInfo],
+    methods: dict,
+    fingerprint: str,
 ) -> RunSpec:
     """The run of method ``name``; the runs it starts from are added to ``known``."""
-    info = _method_info(cfg, name, methods)
+    all_labeled = every_image_labeled(labels)
+    info = _method_info(cfg, name, all_labeled, methods, fingerprint)
     reuses = []
     for stage in info.stages:
         if stage.starts_from is None or (stage.initializes and cfg.model.pretrained):
             continue
-        source = _run_spec(cfg, stage.starts_from, labels, seed, known, methods)
-        if stage.name not in [s.name for s in methods[source.method].stages]:
+        source = _run_spec(cfg, stage.starts_from, labels, seed, known, methods, fingerprint)
+        source_stages = methods[(source.method, all_labeled)].stages
+        if stage.name not in [s.name for s in source_stages]:
             raise ValueError(
                 f"{name}: stage {stage.name!r} starts from {source.method!r}, "
                 "which has no such stage"
@@ -106,7 +132,7 @@ def _run_spec(
     payload = {
         "suite": cfg.suite,
         "method": name,
-        "labels": labels,
+        "labels": _budget_identity(labels),
         "split_seed": seed,
         "train_seed": seed,
         "reuses": reuses,
@@ -128,9 +154,10 @@ def make_plan(cfg: DictConfig) -> list[RunSpec]:
     if len(set(budgets)) != len(budgets):
         raise UsageError(f"labels lists a budget twice: {budgets}")
     known: dict[str, RunSpec] = {}
-    methods: dict[str, _MethodInfo] = {}
+    methods: dict = {}
+    fingerprint = load_dataset(cfg.data).fingerprint
     asked = [
-        _run_spec(cfg, name, labels, seed, known, methods)
+        _run_spec(cfg, name, labels, seed, known, methods, fingerprint)
         for name in resolve_methods(cfg.methods)
         for labels in budgets
         for seed in cfg.seeds

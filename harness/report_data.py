@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness.lock import LOCK_NAME, is_held
 from harness.plan import RunSpec
 from harness.store import RunRecord, atomic_write_bytes, targets_key, topk_key
 
@@ -38,10 +39,18 @@ ERROR_COLUMNS = (
 )
 # columns whose "final" value is the median of the last k evaluations in history.csv
 HISTORY_COLUMNS = ("top1_val", "top5_val")
-# done: metrics.json; failed: failed.json or an unreadable record; incomplete: started,
-# not finished (running, queued or killed); missing: never started
-STATUSES = ("done", "failed", "incomplete", "missing")
-_STAMPED = ("config.yaml", "metrics.json", "history.csv", "predictions.npz", "failed.json")
+# done: metrics.json; running: a live process holds its lock; failed: failed.json or an
+# unreadable record; incomplete: started, not finished (queued, or killed); missing:
+# never started
+STATUSES = ("done", "running", "failed", "incomplete", "missing")
+_STAMPED = (
+    "config.yaml",
+    "metrics.json",
+    "history.csv",
+    "predictions.npz",
+    "failed.json",
+    LOCK_NAME,
+)
 
 
 def parse_column(key: str) -> tuple[str, bool, int]:
@@ -52,7 +61,8 @@ def parse_column(key: str) -> tuple[str, bool, int]:
 
 
 def stamp(folder: Path) -> str:
-    """Size and mtime of each file the report reads: changes whenever any of them does."""
+    """Size and mtime of each file the report reads (and whether a lock's holder
+    lives): changes whenever any of them does."""
     parts = []
     for name in _STAMPED:
         try:
@@ -61,6 +71,8 @@ def stamp(folder: Path) -> str:
             parts.append("-")
             continue
         parts.append(f"{info.st_size}:{info.st_mtime_ns}")
+    if parts[-1] != "-":  # a lock file: whether its holder lives changes without a write
+        parts.append("held" if is_held(folder) else "stale")
     return "|".join(parts)
 
 
@@ -84,6 +96,8 @@ def _read_record(folder: Path, last_try: bool = False) -> tuple[dict, dict[str, 
     history: dict[str, np.ndarray] = {}
     if record.metrics_file.is_file():
         row["status"] = "done"
+    elif is_held(folder):
+        row["status"] = "running"
     elif record.failure_file.is_file():
         row["status"] = "failed"
         row["error"] = _read_failure(record)

@@ -3,12 +3,16 @@
 Everything that can be wrong with the input is checked first (config, method
 names, dataset files, label budgets, stored splits, the model against the image
 size); a problem is one line on stderr and exit status 2, with nothing written
-under the results root. Then the launcher runs what is not done yet, and the
-report (``harness.report``) of the plan's runs is written and its table printed.
+under the results root. ``dry_run=true`` prints the plan and stops there. Then
+the launcher runs what is not done yet (a failed run does not stop the others),
+the report (``harness.report``) of the plan's runs is written and its table
+printed, and a last line counts the runs done, failed and skipped; the exit
+status is 1 if any failed.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -20,10 +24,12 @@ from harness.config import load_config
 from harness.data import load_dataset, load_or_store_split
 from harness.distributed import is_main_process
 from harness.errors import UsageError
-from harness.launchers import LAUNCHERS, prepare
+from harness.launchers import LAUNCHERS, prepare, tally
+from harness.lock import is_held
 from harness.method import get_method
 from harness.models import build_encoder
 from harness.plan import RunSpec, make_plan
+from harness.store import load_weights, run_record
 
 
 def validate(argv: list[str]) -> tuple[DictConfig, list[RunSpec]]:
@@ -35,6 +41,8 @@ def validate(argv: list[str]) -> tuple[DictConfig, list[RunSpec]]:
     results = Path(cfg.results)
     if results.exists() and not results.is_dir():
         raise UsageError(f"results={cfg.results!r} exists and is not a folder")
+    if not cfg.dry_run:
+        check_writable(results)
     plan = make_plan(cfg)
     dataset = load_dataset(cfg.data)
     encoder = build_encoder(cfg.model.name, dataset.channels, dataset.num_classes, cfg.data.crop)
@@ -49,10 +57,53 @@ def validate(argv: list[str]) -> tuple[DictConfig, list[RunSpec]]:
     return cfg, plan
 
 
+def check_writable(results: Path) -> None:
+    """The results root (or the nearest folder above it that exists) must take new
+    files: run folders, their locks and records go there."""
+    existing = results.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    why = "is not a folder" if not existing.is_dir() else "is not writable"
+    if why == "is not a folder" or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(
+            f"results={str(results)!r} cannot be written ({existing} {why}): "
+            "run records and their locks go there; give a writable results=FOLDER"
+        )
+
+
+def print_plan(cfg: DictConfig, plan: list[RunSpec]) -> None:
+    """``dry_run=true``: one row per planned run and where it stands; reads only."""
+    from tabulate import tabulate
+
+    rows = []
+    for spec in plan:
+        record = run_record(cfg.results, spec.suite, spec.run_id)
+        if record.is_done():
+            state = "done"
+        elif is_held(record.path):
+            state = "running"
+        elif record.failure_file.is_file():
+            state = "failed"
+        elif record.checkpoint_file.is_file():
+            state = "started"
+        else:
+            state = "to run"
+        waits = ", ".join(spec.depends_on) or "-"
+        rows.append([spec.run_id, spec.method, spec.labels, spec.train_seed, waits, state])
+    headers = ["run id", "method", "labels", "seed", "waits for", "state"]
+    print(tabulate(rows, headers=headers, tablefmt="github"))
+    counts = {
+        state: sum(row[-1] == state for row in rows)
+        for state in dict.fromkeys(row[-1] for row in rows)
+    }
+    summary = ", ".join(f"{n} {state}" for state, n in counts.items())
+    print(f"suite {cfg.suite}: {len(plan)} runs planned ({summary}); dry run: nothing written")
+
+
 def check_pretrained(path: str, encoder: torch.nn.Module) -> None:
     """The ``model.pretrained`` file must load strictly into the suite's classifier."""
     try:
-        encoder.load_state_dict(torch.load(path, map_location="cpu"))
+        encoder.load_state_dict(load_weights(path, map_location="cpu"))
     except Exception as error:  # noqa: BLE001 - any failure means the same to the user
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UsageError(
@@ -68,21 +119,34 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if cfg.dry_run:
+        if is_main_process():
+            print_plan(cfg, plan)
+        return 0
     suite_dir = Path(cfg.results) / cfg.suite
     if not is_main_process():  # a DDP rank > 0 (torchrun): train, leave the talking to rank 0
         cfg = OmegaConf.merge(cfg, {"progress": False})
-        return 1 if LAUNCHERS[cfg.launcher](plan, cfg).failed else 0
+        LAUNCHERS[cfg.launcher](plan, cfg)
+        return 1 if tally(plan, cfg)["failed"] else 0
     done = sum((suite_dir / spec.run_id / "metrics.json").is_file() for spec in plan)
     print(f"suite {cfg.suite}: {len(plan)} runs planned, {done} already done", file=sys.stderr)
     outcome = LAUNCHERS[cfg.launcher](plan, cfg)
-    if outcome.finished:
-        from harness.report import build_report, print_report  # scipy, pandas: slow to import
+    if not outcome.finished:  # submitted to SLURM: its report job writes the report
+        print(f"run records: {suite_dir}/<run_id>/", file=sys.stderr)
+        return 0
+    from harness.report import build_report, print_report  # scipy, pandas: slow to import
 
-        print_report(cfg, build_report(cfg, plan))
+    print_report(cfg, build_report(cfg, plan))
     print(f"run records: {suite_dir}/<run_id>/", file=sys.stderr)
-    if outcome.failed:
+    counts = tally(plan, cfg)
+    print(
+        f"suite {cfg.suite}: {counts['done']} done, {counts['failed']} failed, "
+        f"{counts['skipped']} skipped of {len(plan)} runs",
+        file=sys.stderr,
+    )
+    if counts["failed"]:
         print(
-            f"error: {outcome.failed} of {len(plan)} runs did not finish; their errors: "
+            f"error: {counts['failed']} runs failed; their errors: "
             f"python -m harness.status {shlex.join(argv)}",
             file=sys.stderr,
         )

@@ -43,12 +43,22 @@ def seed_everything(*parts: object) -> None:
 def rng_state(cuda: bool = False) -> dict[str, Any]:
     """Every global RNG state in use, for a checkpoint.
 
+    Tensors, ints, strings and tuples/dicts of them only, so the checkpoint loads
+    with ``torch.load(weights_only=True)``: numpy's state (a tuple holding an
+    ndarray) is kept as a dict with the key array as an int64 tensor.
     The CUDA state is the current device's only, and only for runs on CUDA: a
     resume may land on a node with a different number of GPUs.
     """
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": random.getstate(),  # (version, tuple of 625 ints, gauss_next)
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),  # uint32 values, exact
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
         "torch": torch.get_rng_state(),
     }
     if cuda:
@@ -57,8 +67,14 @@ def rng_state(cuda: bool = False) -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore what ``rng_state`` returned (after a ``weights_only`` load too)."""
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    numpy = state["numpy"]
+    keys = np.asarray(numpy["keys"].numpy(), dtype=np.uint32)
+    np.random.set_state(
+        (numpy["kind"], keys, numpy["pos"], numpy["has_gauss"], numpy["cached_gaussian"])
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])

@@ -246,12 +246,13 @@ SBATCH = frozenset(
 def _job_params(cfg: DictConfig) -> dict[str, Any]:
     """submitit SlurmExecutor parameters of one run's job."""
     slurm = cfg.slurm
+    tasks_per_node = slurm.tasks_per_node or max(1, slurm.gpus_per_node)
     params = {
         "job_name": cfg.suite,
         "time": slurm.time_min,
         "nodes": slurm.nodes,
         # one DDP process per GPU (harness.jobs.RunJob sets up the process group)
-        "ntasks_per_node": slurm.tasks_per_node or max(1, slurm.gpus_per_node),
+        "ntasks_per_node": tasks_per_node,
         "cpus_per_task": slurm.cpus_per_task,
         "mem": _megabytes(slurm.mem_gb),
         "array_parallelism": slurm.array_parallelism,
@@ -263,6 +264,9 @@ def _job_params(cfg: DictConfig) -> dict[str, Any]:
         "constraint": slurm.constraint or None,
         "setup": list(slurm.setup) or None,
         "additional_parameters": dict(slurm.additional) or None,
+        # a DDP rank that dies makes srun end the job's other tasks at once, rather
+        # than leave them blocked in a collective until the process group times out
+        "srun_args": ["--kill-on-bad-exit=1"] if slurm.nodes * tasks_per_node > 1 else None,
     }
     return {key: value for key, value in params.items() if value is not None}
 
@@ -297,7 +301,7 @@ def submit(plan: list[RunSpec], cfg: DictConfig) -> Submission:
     and a report job after them (``check_cluster`` has passed)."""
     folder = slurm_dir(cfg)
     outcome = Submission()
-    config = job_config(cfg, threads=cfg.slurm.cpus_per_task)
+    config = job_config(cfg)
     with ledger_lock(folder):
         ledger = read_ledger(folder)
         known = ledger["runs"]
@@ -342,6 +346,7 @@ def submit(plan: list[RunSpec], cfg: DictConfig) -> Submission:
                 ntasks_per_node=1,
                 mem=_megabytes(cfg.slurm.report_mem_gb),
                 gpus_per_node=None,
+                srun_args=None,
             )
             outcome.report_job = executor.submit(ReportJob(tuple(plan), config)).job_id
             outcome.sbatch_calls += 1

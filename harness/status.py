@@ -12,7 +12,7 @@ memory, cancelled, out of time too often). Reads only; never submits.
 |---|---|
 | planned | not started, not submitted |
 | queued | its SLURM job waits (dependency, resources, or a requeue's begin time) |
-| running | its SLURM job runs |
+| running | its SLURM job runs, or a process holds its lock (``<run>/lock``) |
 | incomplete | started (a checkpoint exists) but nothing runs it now: run it again |
 | failed | the run raised (``failed.json``) or its job ended without finishing it |
 | done | ``metrics.json`` is written |
@@ -32,6 +32,7 @@ from tabulate import tabulate
 
 from harness.config import load_config
 from harness.errors import UsageError
+from harness.lock import holder_text, is_held, read_holder
 from harness.plan import RunSpec, make_plan
 from harness.slurm import (
     RUNNING_STATES,
@@ -102,6 +103,9 @@ def _state(
         state, reason = live[job]
         name = "running" if state in RUNNING_STATES else "queued"
         return RunState(state=name, detail="" if reason == "None" else reason, **common)
+    if is_held(record.path):  # a process trains it now (inprocess, local_parallel, torchrun)
+        holder = f"held by {holder_text(read_holder(record.path))}"
+        return RunState(state="running", detail=holder, **common)
     ended = attempts[-1] if attempts else "COMPLETED"
     failure = record.failure_file
     # an error recorded before the job's submission belongs to an earlier attempt

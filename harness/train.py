@@ -11,8 +11,13 @@ killed at any moment and started again therefore ends bit-identical on CPU.
 
 from __future__ import annotations
 
+import importlib.metadata
 import itertools
 import math
+import os
+import platform
+import socket
+import subprocess
 import sys
 import time
 import traceback
@@ -42,13 +47,21 @@ from harness.data import (
 )
 from harness.errors import UsageError
 from harness.evaluate import TOPK, error_rates, predict_topk
+from harness.lock import RunLock, holder_text
 from harness.method import Batch, Method, Stage, get_method
 from harness.models import VGG, build_encoder
 from harness.plan import RunSpec
 from harness.seeding import rng_state, seed_everything, set_rng_state, torch_generator
-from harness.store import RunRecord, atomic_torch_save, run_record, targets_key, topk_key
+from harness.store import (
+    RunRecord,
+    atomic_torch_save,
+    load_weights,
+    run_record,
+    targets_key,
+    topk_key,
+)
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 
 
 def resolve_device(name: str) -> torch.device:
@@ -80,11 +93,12 @@ class Context:
     def cuda(self) -> bool:
         return self.device.type == "cuda"
 
-    @property
-    def pool(self) -> np.ndarray:
-        """What stages that train on unlabeled images read: the unlabeled pool, or, when
-        every image is labeled (the paper's ImageNet setting), the labeled set."""
-        return self.split.unlabeled if len(self.split.unlabeled) else self.split.labeled
+    def draws_pool(self, stage: Stage) -> bool:
+        """Whether ``stage`` draws a second batch from the unlabeled pool. With every
+        image labeled (the paper's ImageNet setting) there is no pool: a stage that
+        uses it reconstructs the labeled batch itself, as in the paper, and reads as
+        many images per step as the baseline."""
+        return stage.unlabeled and len(self.split.unlabeled) > 0
 
     def prepare(
         self, images: torch.Tensor, generator: torch.Generator, full: int | None = None
@@ -109,13 +123,13 @@ class Context:
 
 def steps_per_epoch(ctx: Context, stage: Stage) -> int:
     """``schedule.<stage>.steps`` if set, else one pass over the stage's data (the pool,
-    for stages that use it). A set ``steps`` makes stages of different methods equally
+    for stages that draw from it). A set ``steps`` makes stages of different methods equally
     long: the baseline's labeled-only fine-tune as long as the decoders' joint one."""
     steps = ctx.cfg.schedule[stage.name].steps
     if steps > 0:
         return steps
-    if stage.unlabeled:
-        return math.ceil(len(ctx.pool) / ctx.cfg.optim.unlabeled_batch_size)
+    if ctx.draws_pool(stage):
+        return math.ceil(len(ctx.split.unlabeled) / ctx.cfg.optim.unlabeled_batch_size)
     return math.ceil(len(ctx.split.labeled) / ctx.cfg.optim.batch_size)
 
 
@@ -134,28 +148,51 @@ def _epoch_indices(
     return distributed.trim_for_world(batches, ctx.place)
 
 
-def stage_batches(ctx: Context, method: Method, stage: Stage, epoch: int) -> Iterator[Batch]:
+@dataclass
+class ImagesRead:
+    """Images a stage loaded in one epoch, by role (``history.csv``): the record that
+    every method of a comparison did the same work per step."""
+
+    labeled: int = 0
+    unlabeled: int = 0
+
+
+def stage_batches(
+    ctx: Context, method: Method, stage: Stage, epoch: int, read: ImagesRead | None = None
+) -> Iterator[Batch]:
     """The batches of one epoch of ``stage``, a pure function of (seed, stage, epoch).
 
-    A stage that uses the unlabeled pool iterates over the pool and cycles the
-    labeled subset beside it; unlabeled labels never leave this function. Under DDP
-    each rank loads its shard of every batch (``distributed.shard``).
+    A stage that draws from the unlabeled pool iterates over the pool and cycles
+    the labeled subset beside it; unlabeled labels never leave this function.
+    Without a pool (every image labeled) such a stage gets the labeled batch alone.
+    Under DDP each rank loads its shard of every batch (``distributed.shard``) and
+    the batch carries the share that weights its gradient. ``read`` counts the
+    images loaded (whole batches, over all ranks).
     """
     seed = ctx.spec.train_seed
     generator = torch_generator("augment", seed, stage.name, epoch)
     train, cfg = ctx.dataset.train, ctx.cfg
+    read = read if read is not None else ImagesRead()
 
     def load(batches: list[np.ndarray]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         shards = [distributed.shard(b, ctx.place) for b in batches]
         return load_batches(train, shards, cfg.data.resize, cfg.data.num_workers, ctx.cuda)
 
-    if not stage.unlabeled:
+    def share(full: np.ndarray) -> float:
+        return ctx.place.size * len(distributed.shard(full, ctx.place)) / len(full)
+
+    if not ctx.draws_pool(stage):
         batches = _epoch_indices(ctx, ctx.split.labeled, cfg.optim.batch_size, stage, epoch)
         for full, (x, y) in zip(batches, load(batches), strict=True):
+            read.labeled += len(full)
             x = ctx.prepare(x, generator, len(full))
-            yield Batch(x=x, y=y.to(ctx.device, non_blocking=True))
+            if stage.labeled:
+                yield Batch(x=x, y=y.to(ctx.device, non_blocking=True), share=share(full))
+            else:  # a pool-only stage without a pool: the labeled images, labels hidden
+                rest = [ctx.prepare(x, generator, len(full)) for _ in range(method.views - 1)]
+                yield Batch(u=[x, *rest], share=share(full))
         return
-    pool = _epoch_indices(ctx, ctx.pool, cfg.optim.unlabeled_batch_size, stage, epoch)
+    pool = _epoch_indices(ctx, ctx.split.unlabeled, cfg.optim.unlabeled_batch_size, stage, epoch)
     labeled = None
     if stage.labeled:
         cycled = cycled_batches(
@@ -163,9 +200,12 @@ def stage_batches(ctx: Context, method: Method, stage: Stage, epoch: int) -> Ite
         )
         labeled = load(list(itertools.islice(cycled, len(pool))))
     for full, (u, _hidden_labels) in zip(pool, load(pool), strict=True):
-        batch = Batch(u=[ctx.prepare(u, generator, len(full)) for _ in range(method.views)])
+        read.unlabeled += len(full)
+        views = [ctx.prepare(u, generator, len(full)) for _ in range(method.views)]
+        batch = Batch(u=views, share=share(full))
         if labeled is not None:
             x, y = next(labeled)
+            read.labeled += cfg.optim.batch_size
             x = ctx.prepare(x, generator, cfg.optim.batch_size)
             batch.x, batch.y = x, y.to(ctx.device, non_blocking=True)
         yield batch
@@ -186,6 +226,44 @@ class StageLoss(torch.nn.Module):
         return self.method.loss(self.model, self.stage, batch)
 
 
+class NonFiniteLoss(RuntimeError):
+    """A loss term went NaN or infinite: the run fails at once (a run that trained on
+    NaN would otherwise end "done" with chance-level error). ``details`` goes into
+    ``failed.json``."""
+
+    def __init__(self, step: int, terms: dict[str, float]):
+        # "nan", "inf" as text: failed.json stays valid JSON
+        shown_terms = {k: v if math.isfinite(v) else str(v) for k, v in terms.items()}
+        self.details: dict[str, Any] = {"step": step, "loss": shown_terms}
+        shown = ", ".join(f"{k}={v!r}" for k, v in terms.items())
+        super().__init__(f"non-finite loss at step {step}: {shown}")
+
+
+def _finite_flag(loss: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """Whether ``loss`` is finite, as a CPU tensor filled asynchronously on CUDA, and
+    the event that says when it is filled (None on the CPU)."""
+    finite = torch.isfinite(loss.detach())
+    if finite.device.type != "cuda":
+        return finite, None
+    finite = finite.to("cpu", non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return finite, event
+
+
+def _check_finite(pending: tuple[int, dict[str, torch.Tensor], torch.Tensor, Any] | None) -> None:
+    """Raise if the loss of an earlier step (``pending``: step, terms, finite flag and
+    its event) was not finite. The flag is read a step late, waiting only for the
+    work queued before it, so the check never drains a GPU's queue."""
+    if pending is None:
+        return
+    step, terms, finite, event = pending
+    if event is not None:
+        event.synchronize()
+    if not bool(finite):
+        raise NonFiniteLoss(step, {k: float(v) for k, v in terms.items()})
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     method: Method,
@@ -199,17 +277,25 @@ def train_one_epoch(
     progress: tqdm | None = None,
     loss_module: torch.nn.Module | None = None,
 ) -> dict[str, float]:
-    """One pass over ``batches``; returns the mean of each loss term (this rank's)."""
+    """One pass over ``batches``; returns the mean of each loss term (this rank's).
+    Raises ``NonFiniteLoss`` (numbering steps from 1) where a loss is NaN or infinite."""
     loss_module = loss_module or StageLoss(model, method, stage)
     model.train()
     logged: list[dict[str, torch.Tensor]] = []
     params = [p for group in optimizer.param_groups for p in group["params"]]
     device_type = next(model.parameters()).device.type
-    for batch in batches:
+    pending = None
+    for step, batch in enumerate(batches, start=1):
         autocast = torch.autocast(device_type, dtype=torch.bfloat16) if amp else nullcontext()
         with autocast:
             terms = loss_module(batch)
         loss = sum(terms.values())
+        detached = {key: value.detach() for key, value in terms.items()}
+        finite, event = _finite_flag(loss)
+        _check_finite(pending)
+        pending = (step, detached, finite, event)
+        if batch.share != 1.0:
+            loss = loss * batch.share
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip > 0:
@@ -217,9 +303,10 @@ def train_one_epoch(
         optimizer.step()
         scheduler.step()
         method.after_step(model, stage)
-        logged.append({key: value.detach() for key, value in terms.items()})
+        logged.append(detached)
         if progress is not None:
             progress.update(1)
+    _check_finite(pending)
     # reduced once per epoch: no device sync (and no extra op) per step
     return {
         key: torch.stack([t[key] for t in logged]).float().mean().item()
@@ -282,7 +369,8 @@ def evaluate_split(ctx: Context, classifier: VGG, part: str, dense: bool) -> np.
 
 
 def final_metrics(ctx: Context, classifier: VGG, record: RunRecord) -> dict[str, float]:
-    """Top-1/top-k error on train (the labeled subset) and val, single crop and dense.
+    """Top-1/top-k error on train (the labeled subset) and val, single crop, and on val
+    dense.
 
     Every evaluation's per-example top-k goes to ``predictions.npz`` with the
     targets, so the report can pair a method with the baseline image by image.
@@ -293,24 +381,26 @@ def final_metrics(ctx: Context, classifier: VGG, record: RunRecord) -> dict[str,
         "train": ctx.dataset.train.targets[ctx.split.labeled],
     }
     arrays = {targets_key(part): targets[part] for part in ("train", "val")}
-    for dense in (False, True):
+    # the paper's table: single crop on train and val, dense on val only (a dense pass
+    # over the training set would cost a whole epoch on ImageNet for nothing reported)
+    for dense, part in ((False, "train"), (False, "val"), (True, "val")):
         prefix = "dense_" if dense else ""
-        for part in ("train", "val"):
-            topk = evaluate_split(ctx, classifier, part, dense)
-            top1, top5 = error_rates(topk, targets[part])
-            metrics[f"{prefix}top1_{part}"] = top1
-            metrics[f"{prefix}top5_{part}"] = top5
-            arrays[topk_key(part, dense)] = topk
+        topk = evaluate_split(ctx, classifier, part, dense)
+        top1, top5 = error_rates(topk, targets[part])
+        metrics[f"{prefix}top1_{part}"] = top1
+        metrics[f"{prefix}top5_{part}"] = top5
+        arrays[topk_key(part, dense)] = topk
     if ctx.place.is_main:
         record.write_predictions(arrays)
     return metrics
 
 
-def _checkpoint(model, method, stage_index, epoch, optimizer, scheduler, history) -> dict:
+def _checkpoint(model, method, stage_index, epoch, optimizer, scheduler, history, seconds) -> dict:
     return {
         "version": CHECKPOINT_VERSION,
         "stage_index": stage_index,
         "epoch": epoch,
+        "seconds": seconds,  # training time of all attempts up to this checkpoint
         "model": model.state_dict(),
         "method": method.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer else None,
@@ -320,28 +410,115 @@ def _checkpoint(model, method, stage_index, epoch, optimizer, scheduler, history
     }
 
 
-def train_run(spec: RunSpec, cfg: DictConfig) -> dict[str, Any]:
-    """Run (or resume, or skip) one run and return its metrics.
+@dataclass(frozen=True)
+class RunResult:
+    """How one call of ``train_run`` ended: ``done`` (now or before), ``failed`` (the
+    error is in the run's ``failed.json``) or ``skipped`` (another process holds it)."""
 
-    An exception is recorded in the run's ``failed.json`` (so the report marks
-    the run failed rather than missing) and raised again.
+    status: str
+    metrics: dict[str, Any]
+    message: str = ""
+
+
+def train_run(spec: RunSpec, cfg: DictConfig) -> RunResult:
+    """Run (or resume, or skip) one run under its lock.
+
+    A run another process holds is skipped with a message naming the holder. An
+    exception is recorded in the run's ``failed.json`` (error, traceback, and for a
+    non-finite loss the stage, epoch, step and loss terms) and returned as a failed
+    result, so a launcher can go on with the other runs; an interrupt is not a
+    failure (the run resumes), so it propagates.
     """
     record = run_record(cfg.results, spec.suite, spec.run_id)
     if record.is_done():
-        return record.read_metrics()
-    try:
-        return _train_run(spec, cfg, record)
-    except Exception as error:  # an interrupt is not a failure: the run resumes
-        if record.path.is_dir() and distributed.world().is_main:
-            record.write_failure(error, traceback.format_exc())
-        raise
-
-
-def _train_run(spec: RunSpec, cfg: DictConfig, record: RunRecord) -> dict[str, Any]:
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+        return RunResult("done", record.read_metrics(), "already done")
+    device = resolve_device(cfg.device)  # joins the process group under DDP
     place = distributed.world()
+    lock = RunLock(record.path)
+    try:
+        held_elsewhere = place.is_main and not lock.acquire()
+        if distributed.broadcast_flag(held_elsewhere, place):
+            return RunResult(
+                "skipped",
+                {},
+                f"run {spec.run_id} ({spec.describe()}) skipped: "
+                f"{holder_text(lock.holder)} is training it",
+            )
+        if record.is_done():  # finished by another process just before we took the lock
+            return RunResult("done", record.read_metrics(), "already done")
+        try:
+            return RunResult("done", _train_run(spec, cfg, record, device, place))
+        except Exception as error:  # an interrupt is not a failure: the run resumes
+            if place.is_main:
+                record.write_failure(error, traceback.format_exc())
+            return RunResult(
+                "failed",
+                {},
+                f"run {spec.run_id} ({spec.describe()}) failed: {type(error).__name__}: "
+                f"{error} (traceback: {record.failure_file})",
+            )
+    finally:
+        lock.release()
+
+
+def provenance(cfg: DictConfig, device: torch.device, place: distributed.World) -> dict:
+    """Where and with what one attempt ran (``config.yaml``'s ``attempts``)."""
+    cuda = device.type == "cuda"
+    return {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": socket.gethostname(),
+        "harness": _harness_version(),
+        "git_commit": _git_commit(),
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+        "world_size": place.size,
+        "slurm_job": os.environ.get("SLURM_JOB_ID") or None,
+    }
+
+
+def _harness_version() -> str:
+    try:
+        return importlib.metadata.version("ssl-harness")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _git_commit() -> str | None:
+    """The commit of the checkout the harness runs from (None outside one), with
+    ``-dirty`` where tracked files differ from it."""
+    source = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def _train_run(
+    spec: RunSpec,
+    cfg: DictConfig,
+    record: RunRecord,
+    device: torch.device,
+    place: distributed.World,
+) -> dict[str, Any]:
+    torch.set_num_threads(cfg.threads)
     for key in ("batch_size", "unlabeled_batch_size"):
         if place.active and cfg.optim[key] < place.size:
             raise UsageError(
@@ -353,21 +530,25 @@ def _train_run(spec: RunSpec, cfg: DictConfig, record: RunRecord) -> dict[str, A
         Path(cfg.results), dataset, spec.labels, spec.split_seed, store=place.is_main
     )
     main = place.is_main
+    attempt = provenance(cfg, device, place)
     if record.config_file.exists():
-        recorded = record.read_config().get("split_hash")
+        stored = record.read_config()
+        recorded = stored.get("split_hash")
         if recorded != split.content_hash:
             raise UsageError(
                 f"run {spec.run_id} was started on split {recorded}, but the split is now "
                 f"{split.content_hash} (did the data change?); refusing to resume on other images"
             )
-    elif main:
-        record.write_config(
-            {
-                "run": spec.__dict__ | {"reuses": [list(pair) for pair in spec.reuses]},
-                "split_hash": split.content_hash,
-                "config": OmegaConf.to_container(cfg, resolve=True),
-            }
-        )
+    else:
+        stored = {
+            "run": spec.__dict__ | {"reuses": [list(pair) for pair in spec.reuses]},
+            "split_hash": split.content_hash,
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "attempts": [],
+        }
+    if main:
+        stored["attempts"] = [*stored.get("attempts", []), attempt]
+        record.write_config(stored)
     ctx = Context(
         cfg,
         spec,
@@ -390,11 +571,13 @@ def _train_run(spec: RunSpec, cfg: DictConfig, record: RunRecord) -> dict[str, A
     checkpoint = record.load_checkpoint()
     history: list[dict[str, Any]] = []
     start_stage, start_epoch = 0, 0
+    clock = Clock()
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         method.load_state_dict(checkpoint["method"])
         history = checkpoint["history"]
         start_stage, start_epoch = checkpoint["stage_index"], checkpoint["epoch"]
+        clock = Clock(checkpoint.get("seconds", 0.0))
         names = [stage.name for stage in stages]
         where = (
             f"stage {names[start_stage]} after epoch {start_epoch}"
@@ -405,26 +588,27 @@ def _train_run(spec: RunSpec, cfg: DictConfig, record: RunRecord) -> dict[str, A
             print(f"run {spec.run_id}: resuming from its checkpoint at {where}", file=sys.stderr)
             # killed between checkpoint and CSV: the CSV may lack the last row
             record.write_history(history)
-    started = time.perf_counter()
     for index, stage in enumerate(stages):
         if index < start_stage:
             continue
         source = _stage_source(ctx, stage)
         if source is not None:
-            _classifier(model).load_state_dict(torch.load(source, map_location=device))
+            _classifier(model).load_state_dict(load_weights(source, map_location=device))
         else:
             resume = checkpoint if index == start_stage and start_epoch > 0 else None
-            _run_stage(ctx, record, model, method, index, stage, resume, history)
+            _run_stage(ctx, record, model, method, index, stage, resume, history, clock)
         if main:
             atomic_torch_save(model.state_dict(), record.stage_file(stage.name))
-            record.save_checkpoint(_checkpoint(model, method, index + 1, 0, None, None, history))
+            record.save_checkpoint(
+                _checkpoint(model, method, index + 1, 0, None, None, history, clock.total())
+            )
     metrics = final_metrics(ctx, _classifier(model), record)
     if not main:
         distributed.barrier(place)  # rank 0 writes the record meanwhile
         return metrics
     metrics |= method.val_report(model, val_crops(ctx), record.path)
     metrics |= {
-        "seconds": round(time.perf_counter() - started, 3),
+        "seconds": round(clock.total(), 3),
         "labeled": int(len(split.labeled)),
         "unlabeled": int(len(split.unlabeled)),
         "split_hash": split.content_hash,
@@ -433,6 +617,17 @@ def _train_run(spec: RunSpec, cfg: DictConfig, record: RunRecord) -> dict[str, A
     record.write_metrics(metrics)
     distributed.barrier(place)
     return metrics
+
+
+class Clock:
+    """Seconds a run has trained and evaluated, over all its attempts: the checkpoint
+    carries the total so far; a killed attempt loses only its unfinished epoch."""
+
+    def __init__(self, before: float = 0.0):
+        self.before, self.start = before, time.perf_counter()
+
+    def total(self) -> float:
+        return self.before + time.perf_counter() - self.start
 
 
 def _stage_source(ctx: Context, stage: Stage) -> Path | None:
@@ -481,6 +676,7 @@ def _run_stage(
     stage: Stage,
     resume: dict[str, Any] | None,
     history: list[dict[str, Any]],
+    clock: Clock,
 ) -> None:
     cfg, spec = ctx.cfg, ctx.spec
     schedule = cfg.schedule[stage.name]
@@ -521,20 +717,26 @@ def _run_stage(
         seed_everything("epoch", spec.train_seed, stage.name, epoch, *rank)
         tic = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        terms = train_one_epoch(
-            model,
-            method,
-            stage,
-            optimizer,
-            scheduler,
-            stage_batches(ctx, method, stage, epoch),
-            amp=ctx.cuda,
-            grad_clip=cfg.optim.grad_clip,
-            progress=bar,
-            loss_module=loss_module,
-        )
+        read = ImagesRead()
+        try:
+            terms = train_one_epoch(
+                model,
+                method,
+                stage,
+                optimizer,
+                scheduler,
+                stage_batches(ctx, method, stage, epoch, read),
+                amp=ctx.cuda,
+                grad_clip=cfg.optim.grad_clip,
+                progress=bar,
+                loss_module=loss_module,
+            )
+        except NonFiniteLoss as error:
+            error.details = {"stage": stage.name, "epoch": epoch + 1, **error.details}
+            raise
         terms = distributed.mean_over_ranks(terms, ctx.place)
         row: dict[str, Any] = {"stage": stage.name, "epoch": epoch + 1, "lr": lr}
+        row |= {"images_labeled": read.labeled, "images_unlabeled": read.unlabeled}
         row |= {f"loss_{key}": value for key, value in terms.items()}
         last = epoch + 1 == schedule.epochs
         if classifier_trains and ((epoch + 1) % cfg.eval.every == 0 or last):
@@ -547,7 +749,9 @@ def _run_stage(
         history.append(row)
         if main:
             record.save_checkpoint(
-                _checkpoint(model, method, index, epoch + 1, optimizer, scheduler, history)
+                _checkpoint(
+                    model, method, index, epoch + 1, optimizer, scheduler, history, clock.total()
+                )
             )
             record.write_history(history)
     bar.close()

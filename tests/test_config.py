@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from harness.config import load_config, parse_overrides
 from harness.errors import UsageError
 from harness.plan import make_plan, resolve_methods
+from tests.conftest import FASHION_MNIST, needs_fashion_mnist
 
 
 def test_overrides_merge_with_types_and_nesting():
@@ -99,3 +102,53 @@ def test_pretrained_none_and_loader_auto_resolve_before_run_ids(tmp_path):
     assert cfg.data.loader == "torchvision"  # auto, and no data.beton
     cfg = load_config(["suite=imagenet_full", f"data.beton={tmp_path}"])
     assert cfg.data.loader == ("ffcv" if ffcv_installed() else "torchvision")
+
+
+def _ids(*args: str) -> dict[tuple[str, str, int], str]:
+    return {
+        (s.method, s.labels, s.train_seed): s.run_id
+        for s in make_plan(load_config(["methods=[baseline,swwae_all]", *args]))
+    }
+
+
+def test_a_run_id_holds_only_what_the_methods_training_reads(tmp_path):
+    import torch
+
+    from harness.models import build_encoder
+
+    first = _ids()
+    # evaluation batch size, pictures, launcher and resource keys never enter an id
+    quiet = ["eval.batch_size=7", "decoding.samples=2", "launcher=local_parallel", "parallel=5"]
+    assert _ids(*quiet, "slurm.mem_gb=3", "slurm.cpus_per_task=9", "report.last_k=1") == first
+    # the unlabeled batch size: read by the decoders' pool stages, not by the baseline
+    other = _ids("optim.unlabeled_batch_size=32")
+    for key, run in first.items():
+        assert (other[key] == run) == (key[0] == "baseline"), key
+    # with every image labeled no stage draws a pool batch: no run reads it
+    assert _ids("labels=[1.0]") == _ids("labels=[1.0]", "optim.unlabeled_batch_size=32")
+    # threads change CPU numbers, so they enter CPU runs' ids
+    assert not set(_ids("threads=2").values()) & set(first.values())
+    # a pretrained file enters by its content: another path to the same bytes is the same run
+    cfg = load_config([])
+    encoder = build_encoder(cfg.model.name, 1, 10, cfg.data.crop)
+    one, two, changed = tmp_path / "a.pt", tmp_path / "moved" / "a.pt", tmp_path / "c.pt"
+    torch.save(encoder.state_dict(), one)
+    two.parent.mkdir()
+    shutil.copy(one, two)
+    with torch.no_grad():
+        next(encoder.parameters()).add_(1.0)
+    torch.save(encoder.state_dict(), changed)
+    from_one = _ids(f"model.pretrained={one}")
+    assert from_one == _ids(f"model.pretrained={two}")
+    assert not set(from_one.values()) & set(_ids(f"model.pretrained={changed}").values())
+    assert not set(from_one.values()) & set(first.values())
+
+
+@needs_fashion_mnist
+def test_a_dataset_enters_a_run_id_by_its_content_not_its_path(tmp_path):
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(FASHION_MNIST, copy)
+    fashion = ["suite=fashion_mnist"]
+    here = _ids(*fashion)
+    assert _ids(*fashion, f"data.path={FASHION_MNIST}/") == here
+    assert _ids(*fashion, f"data.path={copy}") == here

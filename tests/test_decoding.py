@@ -441,3 +441,44 @@ def test_a_pretrained_file_that_does_not_fit_the_model_exits_2(tmp_path):
     assert f"model.pretrained='{wrong}' does not load into model VGG" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_every_method_reads_as_many_images_per_step_as_the_baseline(tmp_path):
+    """Equal work: with every image labeled the decoders reconstruct the labeled batch
+    itself (no second batch); with a pool they read the baseline's labeled images per
+    step plus a pool batch. history.csv records the images each stage read."""
+
+    def stage_images(labels: str, *more: str) -> dict[str, pd.DataFrame]:
+        results = tmp_path / labels
+        args = [
+            "methods=[baseline,swwae_first,sae_layerwise]",
+            f"labels=[{labels}]",
+            "seeds=[0]",
+            "progress=false",
+            "report.plots=false",
+            "schedule.pretrain.epochs=1",
+            "schedule.decoder_layerwise.epochs=1",
+            "schedule.decoder_topdown.epochs=1",
+            "schedule.finetune.epochs=2",
+            f"results={results}",
+            *more,
+        ]
+        done = run_cli(*args)
+        assert done.returncode == 0, done.stderr
+        out = {}
+        for method, folder in records(results).items():
+            history = pd.read_csv(folder / "history.csv")
+            out[method] = history.groupby("stage")[["images_labeled", "images_unlabeled"]].sum()
+        return out
+
+    full = stage_images("1.0", "schedule.finetune.steps=0")  # a pass over the set per epoch
+    train = 1348  # digits' training set, all labeled: each epoch is one pass over it
+    for method, read in full.items():
+        epochs = {"pretrain": 1, "decoder_layerwise": 1, "decoder_topdown": 1, "finetune": 2}
+        expected = [[epochs[stage] * train, 0] for stage in read.index]
+        assert read.to_numpy().tolist() == expected, method
+    assert full["swwae_first"].loc["finetune"].equals(full["baseline"].loc["finetune"])
+    some = stage_images("500")  # the suite's 10 fine-tune steps for every method
+    assert some["baseline"].loc["finetune"].tolist() == [2 * 10 * 32, 0]
+    for method in ("swwae_first", "sae_layerwise"):  # the same labeled images, plus the pool
+        assert some[method].loc["finetune"].tolist() == [2 * 10 * 32, 2 * 10 * 64]

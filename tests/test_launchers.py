@@ -2,8 +2,9 @@
 
 The SLURM tests run against the single-node cluster of ``slurm/cluster.sh``
 (``slurm_cluster`` in conftest: skipped with the reason where it cannot start,
-never under CI). Every run is real digits training; threads=1 everywhere, so a
-run's numbers are bit-identical whichever process or job computes them.
+never under CI). Every run is real digits training at the default thread count,
+which is the same under every launcher, so a run's numbers are bit-identical
+whichever process or job computes them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from harness.config import load_config
 from harness.jobs import chunks, plan_arrays, waves
 from harness.plan import make_plan
 from harness.run import main as run_main
-from harness.slurm import array_id, array_tasks
+from harness.slurm import _executor, array_id, array_tasks
 from tests.conftest import REPO, run_cli, tree
 
 # two baselines (wave 0) and two decoders that start from them (wave 1)
@@ -34,7 +35,6 @@ PLAN = [
     "schedule.decoder_layerwise.epochs=1",
     "schedule.decoder_topdown.epochs=1",
     "schedule.finetune.epochs=1",
-    "threads=1",
     "progress=false",
 ]
 SLURM = [
@@ -138,6 +138,21 @@ def test_a_run_waiting_on_an_earlier_job_does_not_hold_back_fresh_runs():
     todo = [baseline1, decoder0, decoder1]
     arrays = plan_arrays(todo, {baseline0.run_id}, size=1000)
     assert arrays == [(0, [baseline1]), (0, [decoder0]), (1, [decoder1])]
+
+
+@pytest.mark.parametrize(("tasks", "killed"), [(1, False), (2, True)])
+def test_a_ddp_job_script_ends_every_task_when_one_dies(monkeypatch, tmp_path, tasks, killed):
+    """A run job of several tasks (DDP) runs them under ``srun --kill-on-bad-exit=1``: a
+    rank that dies ends the job at once, not after the process group's timeout. Only the
+    job script is written (no cluster)."""
+    submitit = pytest.importorskip("submitit")
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 2))
+    cfg = load_config([*SLURM, "device=cpu", f"slurm.tasks_per_node={tasks}"])
+    script = _executor(cfg, tmp_path)._make_submission_file_text("python -m job", "uid")
+    assert f"#SBATCH --ntasks-per-node={tasks}" in script
+    srun = [line for line in script.splitlines() if line.startswith("srun ")]
+    assert len(srun) == 1 and srun[0].endswith(" python -m job")
+    assert ("--kill-on-bad-exit=1" in srun[0]) == killed
 
 
 @pytest.mark.parametrize(

@@ -203,3 +203,23 @@ def test_fashion_mnist_suite_runs_through_the_cli(tmp_path):
     metrics = json.loads(metrics_file.read_text())
     assert metrics["labeled"] == 100 and metrics["unlabeled"] == 59900
     assert "| baseline |" in result.stdout
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(results):
+    args = [*FAST, "methods=[baseline,swwae_first]", "seeds=[0,1]", f"results={results}"]
+    shown = run_cli(*args, "dry_run=true")
+    assert shown.returncode == 0, shown.stderr
+    assert not results.exists()
+    rows = [line for line in shown.stdout.splitlines() if line.startswith("| ")][1:]
+    assert len(rows) == 4
+    cells = [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+    baselines = {c[3]: c[0] for c in cells if c[1] == "baseline"}
+    for run_id, method, labels, seed, waits, state in cells:
+        assert (labels, state) == ("500", "to run")
+        assert waits == ("-" if method == "baseline" else baselines[seed])
+    assert "4 runs planned (4 to run); dry run: nothing written" in shown.stdout
+    assert run_cli(*args, "methods=[baseline]").returncode == 0
+    again = run_cli(*args, "dry_run=true")
+    assert again.stdout.count("| done ") == 2 and again.stdout.count("| to run ") == 2
+    bad = run_cli(*args, "dry_run=maybe")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "dry_run" in bad.stderr

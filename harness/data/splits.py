@@ -55,6 +55,12 @@ def is_list_budget(key: str) -> bool:
     return key.endswith(LIST_SUFFIX)
 
 
+def every_image_labeled(budget: str) -> bool:
+    """A budget (canonical text) that labels the whole training set: the paper's ImageNet
+    setting, where stages that use the pool read the labeled batches themselves."""
+    return not is_list_budget(budget) and ("." in budget or "e" in budget) and float(budget) >= 1
+
+
 def budget_key(budget: object) -> str:
     """A label budget's canonical text: ``100`` (a total count), ``0.1`` (a fraction), or
     the absolute path of a list of labeled file names (``*.txt``)."""
