@@ -49,6 +49,11 @@ def world() -> World:
     return World()
 
 
+def world_size_from_env() -> int:
+    """Processes of this job as its launcher set them, before any process group."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def is_main_process() -> bool:
     """Rank 0, or no DDP at all; readable before the process group exists."""
     return int(os.environ.get("RANK", "0")) == 0
@@ -59,9 +64,7 @@ def mean_over_ranks(values: dict[str, float], place: World) -> dict[str, float]:
     if not place.active or not values:
         return values
     keys = sorted(values)
-    # NCCL reduces only CUDA tensors
-    device = torch.device("cuda", place.local_rank) if dist.get_backend() == "nccl" else None
-    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=_device(place))
     dist.all_reduce(tensor)
     return {k: v / place.size for k, v in zip(keys, tensor.tolist(), strict=True)}
 
@@ -69,13 +72,15 @@ def mean_over_ranks(values: dict[str, float], place: World) -> dict[str, float]:
 def init_from_env(cuda: bool) -> World:
     """Join the process group that ``WORLD_SIZE``/``RANK``/``MASTER_ADDR`` describe
     (as torchrun and ``harness.jobs`` set them); nothing when there is none."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
+    size = world_size_from_env()
     if size > 1 and not dist.is_initialized():
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        # rank 0 alone writes the record and draws samples.png while the others wait
-        # at a barrier: on ImageNet's val set that can outlast the default 10 minutes
-        dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=timedelta(hours=2))
+        # every collective is reached by all ranks within an epoch's evaluation (val
+        # reports are sharded, only rank 0 writes files): 30 minutes is far beyond any
+        # wait of a healthy job; a dead rank ends the job sooner (torchrun, srun's
+        # --kill-on-bad-exit)
+        dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=timedelta(minutes=30))
     return world()
 
 
@@ -106,17 +111,34 @@ def gather_rows(local: np.ndarray, total: int, place: World) -> np.ndarray:
     return out
 
 
-def broadcast_flag(flag: bool, place: World) -> bool:
-    """Rank 0's ``flag`` on every rank (``flag`` itself in a world of one): a decision
-    only rank 0 can make, such as whether it holds a run's lock."""
+def _device(place: World) -> torch.device | None:
+    """Where collectives need their tensors: NCCL reduces only CUDA tensors."""
+    return torch.device("cuda", place.local_rank) if dist.get_backend() == "nccl" else None
+
+
+def broadcast_choice(choice: str, choices: tuple[str, ...], place: World) -> str:
+    """Rank 0's ``choice`` (one of ``choices``) on every rank; ``choice`` itself in a
+    world of one. For decisions only rank 0 makes, such as whether it holds a run's
+    lock or finds the run done: every rank must then take the same path."""
     if not place.active:
-        return flag
-    device = torch.device("cuda", place.local_rank) if dist.get_backend() == "nccl" else None
-    tensor = torch.tensor([int(flag)], device=device)
+        return choice
+    tensor = torch.tensor([choices.index(choice)], device=_device(place))
     dist.broadcast(tensor, src=0)
-    return bool(tensor.item())
+    return choices[int(tensor.item())]
 
 
-def barrier(place: World) -> None:
-    if place.active:
-        dist.barrier()
+def sum_over_ranks(tensor: torch.Tensor, place: World) -> torch.Tensor:
+    """``tensor`` summed over every rank (itself in a world of one), on its device."""
+    if not place.active:
+        return tensor
+    reduced = tensor.to(_device(place) or tensor.device, dtype=torch.float64)
+    dist.all_reduce(reduced)
+    return reduced.to(tensor.device, tensor.dtype)
+
+
+def block(indices: np.ndarray, place: World) -> np.ndarray:
+    """This rank's contiguous block of ``indices`` (rank 0 takes the first): for work
+    whose first rows matter, such as the pictures drawn from the first val images."""
+    if not place.active:
+        return indices
+    return np.array_split(indices, place.size)[place.rank]

@@ -100,10 +100,20 @@ class Method:
         """Called after every optimizer step (e.g. an EMA teacher update)."""
 
     def val_report(
-        self, model: nn.Module, val_batches: Iterable[torch.Tensor], folder: Path
+        self,
+        model: nn.Module,
+        val_batches: Iterable[torch.Tensor],
+        folder: Path | None,
+        reduce: Callable[[torch.Tensor], torch.Tensor] = lambda sums: sums,
     ) -> dict[str, float]:
         """Extra numbers for ``metrics.json`` from normalized center-cropped val
-        batches, and any pictures written into the run ``folder``."""
+        batches, and any pictures written into the run ``folder``.
+
+        Under DDP every rank calls it at once with its own contiguous block of val
+        (rank 0's starts with the first val images) and ``folder`` only on rank 0;
+        ``reduce`` sums a tensor over the ranks, so a method adds up sums before it
+        divides. No rank then waits long for another.
+        """
         return {}
 
     def state_dict(self) -> dict[str, Any]:

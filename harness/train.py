@@ -430,22 +430,31 @@ def train_run(spec: RunSpec, cfg: DictConfig) -> RunResult:
     failure (the run resumes), so it propagates.
     """
     record = run_record(cfg.results, spec.suite, spec.run_id)
-    if record.is_done():
+    if record.is_done() and not distributed.world_size_from_env() > 1:
         return RunResult("done", record.read_metrics(), "already done")
     device = resolve_device(cfg.device)  # joins the process group under DDP
     place = distributed.world()
     lock = RunLock(record.path)
     try:
-        held_elsewhere = place.is_main and not lock.acquire()
-        if distributed.broadcast_flag(held_elsewhere, place):
+        # rank 0 decides for all: every rank must take the same path
+        state = "train"
+        if place.is_main:
+            if record.is_done():
+                state = "done"
+            elif not lock.acquire():
+                state = "held"
+            elif record.is_done():  # finished by another process just before we locked
+                state = "done"
+        state = distributed.broadcast_choice(state, ("train", "done", "held"), place)
+        if state == "done":
+            return RunResult("done", record.read_metrics(), "already done")
+        if state == "held":
             return RunResult(
                 "skipped",
                 {},
                 f"run {spec.run_id} ({spec.describe()}) skipped: "
                 f"{holder_text(lock.holder)} is training it",
             )
-        if record.is_done():  # finished by another process just before we took the lock
-            return RunResult("done", record.read_metrics(), "already done")
         try:
             return RunResult("done", _train_run(spec, cfg, record, device, place))
         except Exception as error:  # an interrupt is not a failure: the run resumes
@@ -467,6 +476,7 @@ def provenance(cfg: DictConfig, device: torch.device, place: distributed.World) 
     return {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": socket.gethostname(),
+        "pid": os.getpid(),
         "harness": _harness_version(),
         "git_commit": _git_commit(),
         "python": platform.python_version(),
@@ -603,10 +613,14 @@ def _train_run(
                 _checkpoint(model, method, index + 1, 0, None, None, history, clock.total())
             )
     metrics = final_metrics(ctx, _classifier(model), record)
+    metrics |= method.val_report(
+        model,
+        val_crops(ctx),
+        record.path if main else None,
+        reduce=lambda sums: distributed.sum_over_ranks(sums, place),
+    )
     if not main:
-        distributed.barrier(place)  # rank 0 writes the record meanwhile
         return metrics
-    metrics |= method.val_report(model, val_crops(ctx), record.path)
     metrics |= {
         "seconds": round(clock.total(), 3),
         "labeled": int(len(split.labeled)),
@@ -615,7 +629,6 @@ def _train_run(
         "epochs": len(history),
     }
     record.write_metrics(metrics)
-    distributed.barrier(place)
     return metrics
 
 
@@ -651,11 +664,12 @@ def _stage_source(ctx: Context, stage: Stage) -> Path | None:
 
 
 def val_crops(ctx: Context) -> Iterator[torch.Tensor]:
-    """The val set as normalized center crops, in eval-sized batches, on the device."""
+    """The val set as normalized center crops, in eval-sized batches, on the device:
+    under DDP this rank's contiguous block of it (rank 0's holds the first images)."""
     cfg, val = ctx.cfg, ctx.dataset.val
     for x in center_crop_batches(
         val,
-        np.arange(len(val)),
+        distributed.block(np.arange(len(val)), ctx.place),
         cfg.eval.batch_size,
         cfg.data.resize,
         cfg.data.crop,

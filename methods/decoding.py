@@ -27,7 +27,7 @@ The VGG-16 defaults are the reference weights: image 1e-4, pool1-3 1e-12, pool4 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import ClassVar
 
@@ -136,7 +136,11 @@ class DecodingPathway(Method):
 
     @torch.no_grad()
     def val_report(
-        self, model: nn.Module, val_batches: Iterable[torch.Tensor], folder: Path
+        self,
+        model: nn.Module,
+        val_batches: Iterable[torch.Tensor],
+        folder: Path | None,
+        reduce: Callable[[torch.Tensor], torch.Tensor] = lambda sums: sums,
     ) -> dict[str, float]:
         """Per level, the relative squared error on val of both pathways:
         ``recon_rel_<topdown|layerwise>_<level>`` = sum (x_hat - x)^2 / sum x^2 (1.0 is
@@ -168,8 +172,11 @@ class DecodingPathway(Method):
                         list(model.to_pixels(outputs[0][:n])),
                     ]
         model.train(was_training)
-        if rows:
+        if rows and folder is not None:
             save_grid(rows, folder / "samples.png")
+        sums = reduce(torch.stack([error["topdown"], error["layerwise"], energy]))
+        error = {"topdown": sums[0], "layerwise": sums[1]}
+        energy = sums[2]
         return {
             f"recon_rel_{mode}_{level_name(level)}": float(
                 error[mode][level] / energy[level].clamp(min=1e-12)

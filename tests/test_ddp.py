@@ -86,6 +86,117 @@ def test_sharded_evaluation_gathers_every_prediction_exactly_once(tmp_path):
     np.testing.assert_array_equal(np.load(out), expected)
 
 
+def _decoding_model(data):
+    from harness.method import get_method
+
+    cfg = load_config(["decoding.samples=4"])
+    seed_everything("init", 0)
+    method = get_method("swwae_all")(cfg)
+    return method, method.build_model(build_encoder("vgg_small_2", 1, 10, 12), data)
+
+
+def _val_batches(data, indices):
+    from harness.data import center_crop_batches
+
+    mean, std = torch.tensor(data.mean), torch.tensor(data.std)
+    return center_crop_batches(data.val, indices, 64, 16, 12, mean, std)
+
+
+def _sharded_val_report(rank: int, size: int, port: int, out: str) -> None:
+    from harness.distributed import block, sum_over_ranks
+
+    os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    dist.init_process_group("gloo", rank=rank, world_size=size)
+    try:
+        torch.set_num_threads(1)
+        data = load_dataset(load_config([]).data)
+        method, model = _decoding_model(data)
+        place = World(rank, size)
+        folder = Path(out) if rank == 0 else None
+        mine = block(np.arange(len(data.val)), place)
+        report = method.val_report(
+            model, _val_batches(data, mine), folder, reduce=lambda t: sum_over_ranks(t, place)
+        )
+        (Path(out) / f"report-{rank}.json").write_text(json.dumps(report))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_val_report_shared_by_two_processes_equals_one_processes(tmp_path):
+    """Under DDP every rank reports on its block of val at once (no rank waits at a
+    barrier while rank 0 alone goes through val); the sums give one process's numbers
+    and rank 0 draws the same pictures."""
+    torch.set_num_threads(1)
+    data = load_dataset(load_config([]).data)
+    method, model = _decoding_model(data)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    expected = method.val_report(model, _val_batches(data, np.arange(len(data.val))), alone)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    mp.spawn(_sharded_val_report, args=(2, _free_port(), str(shared)), nprocs=2, join=True)
+    for rank in range(2):
+        got = json.loads((shared / f"report-{rank}.json").read_text())
+        assert got.keys() == expected.keys()
+        for key, value in expected.items():
+            assert got[key] == pytest.approx(value, rel=1e-5), key
+    assert (shared / "samples.png").read_bytes() == (alone / "samples.png").read_bytes()
+
+
+def _uneven_gradient(rank: int, size: int, port: int, out: str) -> None:
+    from harness.method import Batch, get_method
+    from harness.train import StageLoss, train_one_epoch
+
+    os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    dist.init_process_group("gloo", rank=rank, world_size=size)
+    try:
+        torch.set_num_threads(1)
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 2)
+        x = torch.arange(15, dtype=torch.float32).reshape(5, 3) / 10
+        y = torch.tensor([0, 1, 1, 0, 1])
+        place = World(rank, size)
+        rows = shard(np.arange(5), place)  # 3 rows on rank 0, 2 on rank 1
+        batch = Batch(x=x[rows], y=y[rows], share=size * len(rows) / 5)
+        method = get_method("baseline")(load_config([]))
+        stage = method.stages()[0]
+        loss_module = torch.nn.parallel.DistributedDataParallel(StageLoss(model, method, stage))
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        train_one_epoch(
+            model, method, stage, optimizer, scheduler, iter([batch]),
+            amp=False, grad_clip=0.0, loss_module=loss_module,
+        )  # fmt: skip
+        if rank == 0:
+            torch.save(model.state_dict(), out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_an_uneven_batch_weights_each_shard_by_its_rows(tmp_path):
+    """DDP averages the ranks' gradients; with 3 and 2 rows that mean is not the batch's
+    unless each rank's loss is weighted by its share (``Batch.share``)."""
+    from harness.method import Batch, get_method
+    from harness.train import train_one_epoch
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    x = torch.arange(15, dtype=torch.float32).reshape(5, 3) / 10
+    y = torch.tensor([0, 1, 1, 0, 1])
+    method = get_method("baseline")(load_config([]))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    train_one_epoch(
+        model, method, method.stages()[0], optimizer, scheduler, iter([Batch(x=x, y=y)]),
+        amp=False, grad_clip=0.0,
+    )  # fmt: skip
+    out = tmp_path / "ddp.pt"
+    mp.spawn(_uneven_gradient, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    got = torch.load(out, weights_only=True)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(got[key], value)
+
+
 def test_shards_cover_each_batch_once_and_a_batch_too_small_to_share_is_dropped():
     batch = np.arange(10, 17)
     parts = [shard(batch, World(rank, 3)) for rank in range(3)]

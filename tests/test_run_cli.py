@@ -12,6 +12,7 @@ import time
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from tests.conftest import FAST, REPO, needs_fashion_mnist, run_cli, tree
 
@@ -95,7 +96,7 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
         found = list(killed.glob("digits/*/checkpoint.pt"))
         if found:
             try:
-                state = torch.load(found[0], weights_only=False)
+                state = torch.load(found[0], weights_only=True)
                 if state["epoch"] >= 3:
                     checkpoint = state
                     break
@@ -116,6 +117,14 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
         a = pd.read_csv(reference / "digits" / run_id / "history.csv").drop(columns="seconds")
         b = pd.read_csv(killed / "digits" / run_id / "history.csv").drop(columns="seconds")
         pd.testing.assert_frame_equal(a, b, check_exact=True)
+        # provenance: one entry per attempt; the time counts both (up to the checkpoint)
+        config = yaml.safe_load((killed / "digits" / run_id / "config.yaml").read_text())
+        attempts = config["attempts"]
+        assert len(attempts) == 2 and attempts[0]["pid"] != attempts[1]["pid"]
+        for key in ("host", "torch", "threads", "world_size", "device", "started"):
+            assert attempts[1][key] is not None, key
+        total = json.loads((killed / "digits" / run_id / "metrics.json").read_text())["seconds"]
+        assert total > checkpoint["seconds"] > 0
 
 
 @pytest.mark.parametrize(
