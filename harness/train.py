@@ -470,7 +470,7 @@ def train_run(spec: RunSpec, cfg: DictConfig) -> RunResult:
         lock.release()
 
 
-def provenance(cfg: DictConfig, device: torch.device, place: distributed.World) -> dict:
+def provenance(device: torch.device, place: distributed.World) -> dict:
     """Where and with what one attempt ran (``config.yaml``'s ``attempts``)."""
     cuda = device.type == "cuda"
     return {
@@ -503,12 +503,14 @@ def _git_commit() -> str | None:
     source = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(
-            ["git", "-C", str(source), "rev-parse", "HEAD"],
+            ["git", "-C", str(source), "rev-parse", "--show-toplevel", "HEAD"],
             capture_output=True,
             text=True,
             timeout=10,
         )
-        if commit.returncode != 0:
+        top, _, head = commit.stdout.strip().partition("\n")
+        # an installed copy may lie inside some other checkout (a venv in a repo)
+        if commit.returncode != 0 or Path(top).resolve() != source:
             return None
         dirty = subprocess.run(
             ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
@@ -518,7 +520,7 @@ def _git_commit() -> str | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    return head + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def _train_run(
@@ -540,7 +542,6 @@ def _train_run(
         Path(cfg.results), dataset, spec.labels, spec.split_seed, store=place.is_main
     )
     main = place.is_main
-    attempt = provenance(cfg, device, place)
     if record.config_file.exists():
         stored = record.read_config()
         recorded = stored.get("split_hash")
@@ -557,7 +558,7 @@ def _train_run(
             "attempts": [],
         }
     if main:
-        stored["attempts"] = [*stored.get("attempts", []), attempt]
+        stored["attempts"] = [*stored.get("attempts", []), provenance(device, place)]
         record.write_config(stored)
     ctx = Context(
         cfg,
