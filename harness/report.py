@@ -23,7 +23,7 @@ from harness.config import load_config
 from harness.errors import UsageError
 from harness.plan import RunSpec, make_plan
 from harness.report_data import ERROR_COLUMNS, STATUSES, final_errors, load_runs
-from harness.report_stats import BASELINE, compare
+from harness.report_stats import BASELINE, MARKS_TEST, compare
 from harness.report_tables import (
     MISSING_MD,
     caption,
@@ -34,6 +34,7 @@ from harness.report_tables import (
     seeds_text,
     table_blocks,
 )
+from harness.stats import seeds_needed, smallest_p
 from harness.store import atomic_write_if_changed
 
 SUMMARY_METRIC = "top1_val"
@@ -125,9 +126,12 @@ def summary(
         f"Final errors: {title} is the median of the last {cfg.report.last_k} evaluations of "
         "each run's final stage (never the best over training); the other columns are the "
         "final model's. Tests pair each method with the baseline run of the same split and "
-        "seed; p-values are Holm-corrected across the methods compared "
-        f"(alpha = {cfg.report.alpha:g}). Full table: `table.md` / `table.tex`; every "
-        "test of every column: `stats.csv`.",
+        "seed, and the seed is the unit of replication: the verdicts and the table's marks "
+        "come from a paired t-test on the per-seed error differences, Holm-corrected across "
+        f"the methods compared (alpha = {cfg.report.alpha:g}). Full table: `table.md` / "
+        "`table.tex`; every test of every column: `stats.csv`, whose McNemar test (and "
+        "`cond_ci_*`) pools the seeds' per-example predictions: it is conditional on the "
+        "trained models (it ignores training variance), so no verdict rests on it.",
         "",
         f"## Against the baseline ({title} error)",
         "",
@@ -144,9 +148,10 @@ def summary(
             "All numbers here are the final models' (the inputs of the tests; the table's val "
             "single-crop cells are medians of the last evaluations instead): baseline and "
             "method = mean error over seeds; difference = method − baseline in points "
-            "(negative: fewer errors), with its 95% paired bootstrap CI over val images; "
-            "relative = difference / baseline error; p = McNemar's exact test, pooled over "
-            "seeds, Holm-corrected; seeds better = seeds whose error is below the baseline's.",
+            "(negative: fewer errors), the mean of the per-seed differences, with its 95% "
+            "t-based CI over seeds; relative = difference / baseline error; p = paired t-test "
+            "on the per-seed differences, Holm-corrected; seeds better = seeds whose error "
+            "is below the baseline's.",
             "",
             "| labels | method | baseline | method | difference [95% CI] | relative | p (Holm) "
             "| seeds better | verdict |",
@@ -155,16 +160,15 @@ def summary(
         for _, row in pooled.iterrows():
             lines.append(
                 f"| {row['labels']} | {row['method']} | {row['baseline_error']:.2f} "
-                f"| {row['method_error']:.2f} | {row['difference']:+.2f} "
-                f"[{row['ci_low']:+.2f}, {row['ci_high']:+.2f}] "
-                f"| {_relative(row):+.1f}% | {fmt_p(row['mcnemar_p_holm'])} "
+                f"| {row['method_error']:.2f} | {_difference_text(row)} "
+                f"| {_relative(row):+.1f}% | {_p_cell(row, cfg.report.alpha)} "
                 f"| {int(row['seeds_better'])}/{int(row['seeds'])} "
                 f"| {_verdict(row, cfg.report.alpha)} |"
             )
         lines += ["", "In words:", ""]
         for labels in pooled["labels"].unique():
             lines.append(f"- **{labels} labels**: " + _in_words(pooled, labels, cfg.report.alpha))
-        lines.append("")
+        lines += ["", *_unreachable(pooled, cfg.report.alpha)]
     missing = runs[runs["status"] != "done"]
     if len(missing):
         lines += [
@@ -205,15 +209,40 @@ def _why_no_comparison(runs: pd.DataFrame, methods: list[str]) -> str:
     return "No comparison yet: no method has every planned seed done beside the baseline's."
 
 
+def _difference(row: pd.Series) -> float:
+    """The difference the marks test tests: the mean of the per-seed differences."""
+    return row["seed_mean_difference"]
+
+
+def _difference_text(row: pd.Series) -> str:
+    low, high = row[f"{MARKS_TEST}_ci_low"], row[f"{MARKS_TEST}_ci_high"]
+    ci = "no CI" if pd.isna(low) else f"[{low:+.2f}, {high:+.2f}]"
+    return f"{_difference(row):+.2f} {ci}"
+
+
 def _relative(row: pd.Series) -> float:
     base = row["baseline_error"]
-    return 100.0 * row["difference"] / base if base else float("nan")
+    return 100.0 * _difference(row) / base if base else float("nan")
+
+
+def _testable(row: pd.Series) -> bool:
+    """Whether the marks test can say anything with this row's seed count."""
+    return not pd.isna(smallest_p(MARKS_TEST, int(row["seeds"])))
+
+
+def _p_cell(row: pd.Series, alpha: float) -> str:
+    """The p column: words, never a made-up p, where the test could not run."""
+    if not _testable(row):
+        return f"needs ≥ {seeds_needed(MARKS_TEST, alpha)} seeds"
+    return fmt_p(row[f"{MARKS_TEST}_p_holm"])
 
 
 def _verdict(row: pd.Series, alpha: float) -> str:
-    if not row["mcnemar_p_holm"] < alpha:
+    if not _testable(row):
+        return f"not testable with {_count(int(row['seeds']), 'seed')}"
+    if not row[f"{MARKS_TEST}_p_holm"] < alpha:
         return "no significant difference"
-    return "better" if row["difference"] < 0 else "worse"
+    return "better" if _difference(row) < 0 else "worse"
 
 
 def _in_words(pooled: pd.DataFrame, labels: str, alpha: float) -> str:
@@ -223,16 +252,53 @@ def _in_words(pooled: pd.DataFrame, labels: str, alpha: float) -> str:
         chosen = [r for _, r in rows.iterrows() if _verdict(r, alpha) == verdict]
         if chosen:
             named = "; ".join(
-                f"{r['method']} ({r['difference']:+.2f} points, 95% CI "
-                f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}], {_relative(r):+.1f}% relative, "
-                f"p {_p_clause(r['mcnemar_p_holm'])})"
+                f"{r['method']} ({_difference(r):+.2f} points, 95% CI "
+                f"[{r[f'{MARKS_TEST}_ci_low']:+.2f}, {r[f'{MARKS_TEST}_ci_high']:+.2f}], "
+                f"{_relative(r):+.1f}% relative, p {_p_clause(r[f'{MARKS_TEST}_p_holm'])})"
                 for r in chosen
             )
             parts.append(f"{verdict.capitalize()} than the baseline: {named}")
-    rest = [r["method"] for _, r in rows.iterrows() if _verdict(r, alpha).startswith("no")]
+    rest = [r["method"] for _, r in rows.iterrows() if _verdict(r, alpha).startswith("no ")]
     if rest:
         parts.append("No significant difference: " + ", ".join(rest))
+    untested = [r for _, r in rows.iterrows() if not _testable(r)]
+    if untested:
+        seeds = sorted({int(r["seeds"]) for r in untested})
+        parts.append(
+            f"Not testable with {' or '.join(map(str, seeds))} seed"
+            f"{'' if seeds == [1] else 's'} (the paired t-test across seeds needs at least "
+            f"{seeds_needed(MARKS_TEST, alpha)}): " + ", ".join(r["method"] for r in untested)
+        )
     return ". ".join(parts) + "."
+
+
+def _unreachable(pooled: pd.DataFrame, alpha: float) -> list[str]:
+    """Lines on the tests in stats.csv that these seed counts cannot take below alpha
+    after Holm (Wilcoxon's smallest p is 2 / 2^seeds), with the seeds they need."""
+    lines = []
+    family = pooled.groupby("labels")["method"].transform("size")
+    for seeds in sorted(int(k) for k in pooled["seeds"].unique()):
+        methods = int(family[pooled["seeds"] == seeds].max())
+        floor = methods * smallest_p("wilcoxon", seeds)
+        if floor < alpha:
+            continue
+        why = (
+            "cannot test a single seed"
+            if seeds < 2
+            else f"cannot reach p < {alpha:g}: its smallest p is 2 / 2^{seeds}, "
+            f"{min(1.0, floor):.3g} after Holm"
+        )
+        needed = seeds_needed("wilcoxon", alpha, methods)
+        lines += [
+            f"With {_count(seeds, 'seed')} and {_count(methods, 'method')} compared, "
+            f"Wilcoxon's signed-rank test in `stats.csv` {why}; it would need {needed} seeds.",
+            "",
+        ]
+    return lines
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _p_clause(p: float) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from harness.report_data import ERROR_COLUMNS
+from harness.report_stats import MARKS_TEST
 
 MARK_MD = "†"
 MARK_TEX = r"\textsuperscript{\dag}"
@@ -55,11 +56,12 @@ def table_blocks(
     runs: pd.DataFrame, comparisons: pd.DataFrame, methods: list[str], alpha: float
 ) -> list[Block]:
     """The cells of the table: values, bold (lowest mean shown per column and block),
-    marks (pooled McNemar, Holm-corrected p < alpha)."""
+    marks (``MARKS_TEST`` across seeds, Holm-corrected p < alpha; never the pooled
+    McNemar test, which ignores training variance)."""
     significant = set()
     if len(comparisons):
         pooled = comparisons[comparisons["seed"] == "all"]
-        hit = pooled[pooled["mcnemar_p_holm"] < alpha]
+        hit = pooled[pooled[f"{MARKS_TEST}_p_holm"] < alpha]
         significant = set(zip(hit["labels"], hit["method"], hit["metric"], strict=True))
     blocks = []
     for labels in runs["labels"].unique():
@@ -115,9 +117,10 @@ def caption(suite: str, last_k: int, alpha: float, tested: bool) -> str:
     )
     if tested:
         text += (
-            f"{MARK_MD}: differs from the baseline at p < {alpha:g} by McNemar's exact test on "
-            "the final models' per-example predictions, pooled over seeds, Holm-corrected "
-            "across the methods compared per column and budget. "
+            f"{MARK_MD}: differs from the baseline at p < {alpha:g} by a paired t-test on the "
+            "per-seed differences of the final models' errors (the seed is the unit of "
+            "replication; it needs at least 2 seeds), Holm-corrected across the methods "
+            "compared per column and budget. "
         )
     return text + f"{MISSING_MD}: not every planned seed is done (the seeds column says why)."
 
