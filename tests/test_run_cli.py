@@ -223,7 +223,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(results):
     assert len(rows) == 4
     cells = [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
     baselines = {c[3]: c[0] for c in cells if c[1] == "baseline"}
-    for run_id, method, labels, seed, waits, state in cells:
+    for _run_id, method, labels, seed, waits, state in cells:
         assert (labels, state) == ("500", "to run")
         assert waits == ("-" if method == "baseline" else baselines[seed])
     assert "4 runs planned (4 to run); dry run: nothing written" in shown.stdout
