@@ -62,6 +62,9 @@ class StageSchedule:
     lr: float = 0.01
     # steps per epoch; 0 = one pass over the stage's data (the pool, for stages that use it)
     steps: int = 0
+    # evaluate val every N epochs of this stage (and after its last); 0 = eval.every.
+    # On a small CPU suite an evaluation can cost as much as 10 epochs of training
+    eval_every: int = 0
 
 
 # Reference weights (VGG-16, ImageNet) of the reconstruction losses, by level:
@@ -411,6 +414,10 @@ def _check_values(cfg: DictConfig) -> None:
             raise UsageError(f"schedule.{name}.lr must be > 0, got {stage.lr}")
         if stage.steps < 0:
             raise UsageError(f"schedule.{name}.steps must be >= 0, got {stage.steps}")
+        if stage.eval_every < 0:
+            raise UsageError(
+                f"schedule.{name}.eval_every must be >= 0 (0: eval.every), got {stage.eval_every}"
+            )
     if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():
         raise UsageError(f"model.pretrained={cfg.model.pretrained!r} is not a file")
     if any(not w >= 0 for w in cfg.decoding.weights):  # `not >=` also catches nan

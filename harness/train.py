@@ -754,7 +754,8 @@ def _run_stage(
         row |= {"images_labeled": read.labeled, "images_unlabeled": read.unlabeled}
         row |= {f"loss_{key}": value for key, value in terms.items()}
         last = epoch + 1 == schedule.epochs
-        if classifier_trains and ((epoch + 1) % cfg.eval.every == 0 or last):
+        every = schedule.eval_every or cfg.eval.every
+        if classifier_trains and ((epoch + 1) % every == 0 or last):
             top1, top5 = error_rates(
                 evaluate_split(ctx, classifier, "val", dense=False), ctx.dataset.val.targets
             )
