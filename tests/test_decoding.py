@@ -411,7 +411,8 @@ def test_baseline_and_decoder_finetunes_take_the_same_number_of_labeled_steps():
 
 def test_with_every_image_labeled_pool_stages_read_the_labeled_set():
     """labels=1.0 (the paper's ImageNet setting) leaves no pool: the decoder stages
-    reconstruct the labeled images instead of taking no step."""
+    reconstruct the labeled batch itself (one pass over the labeled set, no second
+    batch) instead of taking no step."""
     from harness.data import load_or_store_split
     from harness.train import Context, stage_batches, steps_per_epoch
 
@@ -428,7 +429,8 @@ def test_with_every_image_labeled_pool_stages_read_the_labeled_set():
     stage = next(s for s in method.stages() if s.name == "decoder_layerwise")
     batches = list(stage_batches(ctx, method, stage, epoch=0))
     assert len(batches) == steps_per_epoch(ctx, stage) > 0
-    assert sum(len(b.u[0]) for b in batches) == len(split.labeled)
+    assert sum(len(b.x) for b in batches) == len(split.labeled)
+    assert all(b.u == [] for b in batches)
 
 
 def test_a_pretrained_file_that_does_not_fit_the_model_exits_2(tmp_path):
