@@ -473,7 +473,8 @@ def test_every_method_reads_as_many_images_per_step_as_the_baseline(tmp_path):
             out[method] = history.groupby("stage")[["images_labeled", "images_unlabeled"]].sum()
         return out
 
-    full = stage_images("1.0", "schedule.finetune.steps=0")  # a pass over the set per epoch
+    # a pass over the set per epoch
+    full = stage_images("1.0", "schedule.pretrain.steps=0", "schedule.finetune.steps=0")
     train = 1348  # digits' training set, all labeled: each epoch is one pass over it
     for method, read in full.items():
         epochs = {"pretrain": 1, "decoder_layerwise": 1, "decoder_topdown": 1, "finetune": 2}
