@@ -43,7 +43,8 @@ def test_scalar_given_to_list_key_becomes_a_list():
         (["optim.momentun=0.5"], "'optim.momentun'; valid choices: optim.batch_size"),
         (
             ["schedule.pretrain.epoch=3"],
-            "valid choices: schedule.pretrain.epochs, schedule.pretrain.lr",
+            "valid choices: schedule.pretrain.epochs, schedule.pretrain.eval_every, "
+            "schedule.pretrain.lr",
         ),
         (["optim.batch_size=big"], "bad value for key 'optim.batch_size'"),
         (["seeds=[a]"], "bad value for key 'seeds[0]'"),
