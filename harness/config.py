@@ -138,7 +138,7 @@ class SlurmConfig:
     gpus_per_node: int = 0
     # processes per job, one DDP rank each; 0 = one per GPU (gpus_per_node), or 1
     tasks_per_node: int = 0
-    cpus_per_task: int = 2  # also the job's torch threads when `threads` is 0
+    cpus_per_task: int = 2  # CPU cores per DDP process (the run uses `threads` of them)
     mem_gb: float = 8.0
     time_min: int = 60  # wall-time limit of one job
     array_parallelism: int = 256  # at most this many tasks of one array run at once
