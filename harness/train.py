@@ -426,8 +426,9 @@ def train_run(spec: RunSpec, cfg: DictConfig) -> RunResult:
     A run another process holds is skipped with a message naming the holder. An
     exception is recorded in the run's ``failed.json`` (error, traceback, and for a
     non-finite loss the stage, epoch, step and loss terms) and returned as a failed
-    result, so a launcher can go on with the other runs; an interrupt is not a
-    failure (the run resumes), so it propagates.
+    result, so a launcher can go on with the other runs; under DDP it is raised
+    again (the job ends: ranks that went on could no longer agree on their
+    collectives). An interrupt is not a failure (the run resumes): it propagates.
     """
     record = run_record(cfg.results, spec.suite, spec.run_id)
     if record.is_done() and not distributed.world_size_from_env() > 1:
@@ -460,6 +461,11 @@ def train_run(spec: RunSpec, cfg: DictConfig) -> RunResult:
         except Exception as error:  # an interrupt is not a failure: the run resumes
             if place.is_main:
                 record.write_failure(error, traceback.format_exc())
+            if place.active:
+                # ranks may fail apart (a NaN in one shard, a write only rank 0 makes):
+                # a rank that went on would pair its next collective with another run's.
+                # End the process; torchrun / srun --kill-on-bad-exit end the others
+                raise
             return RunResult(
                 "failed",
                 {},
