@@ -85,10 +85,7 @@ def launch_inprocess(plan: list[RunSpec], cfg: DictConfig) -> Outcome:
         waits_on = [run for run in spec.depends_on if ended.get(run, "done") != "done"]
         if waits_on:
             ended[spec.run_id] = "skipped"
-            _say(
-                f"run {spec.run_id} ({spec.describe()}) skipped: it starts from run "
-                f"{waits_on[0]}, which {ended[waits_on[0]]}"
-            )
+            _say_skipped(spec, waits_on[0], ended[waits_on[0]])
             continue
         result = train_run(spec, cfg)
         ended[spec.run_id] = result.status
@@ -101,6 +98,11 @@ def _say(message: str) -> None:
     """One line on stderr (rank 0 only), above any progress bar."""
     if is_main_process():
         tqdm.write(message, file=sys.stderr)
+
+
+def _say_skipped(spec: RunSpec, source: str, how: str) -> None:
+    """The line for a run skipped because the run it starts from ended ``how``."""
+    _say(f"run {spec.run_id} ({spec.describe()}) skipped: it starts from run {source}, which {how}")
 
 
 def tally(plan: list[RunSpec], cfg: DictConfig) -> dict[str, int]:
@@ -164,10 +166,7 @@ def launch_local_parallel(plan: list[RunSpec], cfg: DictConfig) -> Outcome:
                 break
             blocked = ended_badly.intersection(spec.depends_on)
             if blocked:
-                _say(
-                    f"run {spec.run_id} ({spec.describe()}) skipped: it starts from run "
-                    f"{min(blocked)}, which did not finish"
-                )
+                _say_skipped(spec, min(blocked), "did not finish")
                 ended_badly.add(spec.run_id)
                 waiting.remove(spec)
                 bar.update(1)
