@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,17 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@contextmanager
+def _gloo_group(rank: int, size: int, port: int):
+    """This spawned process as rank ``rank`` of a gloo group of ``size`` on ``port``."""
+    os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    dist.init_process_group("gloo", rank=rank, world_size=size)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
 def _predict(model, data, indices) -> np.ndarray:
     return predict_topk(
         model, data.val, indices, dense=False, crop=12, resize=16, k=5, batch_size=64,
@@ -58,9 +70,7 @@ def _predict(model, data, indices) -> np.ndarray:
 
 
 def _sharded_eval(rank: int, size: int, port: int, out: str) -> None:
-    os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    dist.init_process_group("gloo", rank=rank, world_size=size)
-    try:
+    with _gloo_group(rank, size, port):
         torch.set_num_threads(1)
         data = load_dataset(load_config([]).data)
         seed_everything("init", 0)
@@ -71,8 +81,6 @@ def _sharded_eval(rank: int, size: int, port: int, out: str) -> None:
         gathered = gather_rows(local, len(indices), place)
         if rank == 0:
             np.save(out, gathered)
-    finally:
-        dist.destroy_process_group()
 
 
 def test_sharded_evaluation_gathers_every_prediction_exactly_once(tmp_path):
@@ -105,9 +113,7 @@ def _val_batches(data, indices):
 def _sharded_val_report(rank: int, size: int, port: int, out: str) -> None:
     from harness.distributed import block, sum_over_ranks
 
-    os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    dist.init_process_group("gloo", rank=rank, world_size=size)
-    try:
+    with _gloo_group(rank, size, port):
         torch.set_num_threads(1)
         data = load_dataset(load_config([]).data)
         method, model = _decoding_model(data)
@@ -118,8 +124,6 @@ def _sharded_val_report(rank: int, size: int, port: int, out: str) -> None:
             model, _val_batches(data, mine), folder, reduce=lambda t: sum_over_ranks(t, place)
         )
         (Path(out) / f"report-{rank}.json").write_text(json.dumps(report))
-    finally:
-        dist.destroy_process_group()
 
 
 def test_a_val_report_shared_by_two_processes_equals_one_processes(tmp_path):
@@ -147,9 +151,7 @@ def _uneven_gradient(rank: int, size: int, port: int, out: str) -> None:
     from harness.method import Batch, get_method
     from harness.train import StageLoss, train_one_epoch
 
-    os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    dist.init_process_group("gloo", rank=rank, world_size=size)
-    try:
+    with _gloo_group(rank, size, port):
         torch.set_num_threads(1)
         torch.manual_seed(0)
         model = torch.nn.Linear(3, 2)
@@ -169,8 +171,6 @@ def _uneven_gradient(rank: int, size: int, port: int, out: str) -> None:
         )  # fmt: skip
         if rank == 0:
             torch.save(model.state_dict(), out)
-    finally:
-        dist.destroy_process_group()
 
 
 def test_an_uneven_batch_weights_each_shard_by_its_rows(tmp_path):
