@@ -2,7 +2,7 @@
 
 One process, one real batch (Fashion-MNIST if installed, else digits), the
 suite's model and batch sizes. Every variant takes the trainer's own step
-(``harness.train.train_one_epoch``) of the joint fine-tune (step 4: cross-entropy
+(``harness.engine.lifecycle.train_one_epoch``) of the joint fine-tune (step 4: cross-entropy
 on the labeled batch, reconstruction on labeled + unlabeled); the baseline takes
 its classification-only fine-tune step. Variants alternate round by round and
 the median step time of each is reported. FLOPs of one step (forward +
@@ -35,9 +35,9 @@ sys.path.insert(0, str(REPO))
 
 from harness.config import load_config  # noqa: E402
 from harness.data import Dataset, ImageSet, center_crop, load_dataset, normalize  # noqa: E402
+from harness.engine.lifecycle import make_optimizer, make_scheduler, set_trainable, train_one_epoch  # noqa: E402
 from harness.method import Batch, available_methods, get_method  # noqa: E402
 from harness.models import build_encoder  # noqa: E402
-from harness.train import make_optimizer, make_scheduler, set_trainable, train_one_epoch  # noqa: E402
 
 # bf16 dense tensor-core peak, TFLOP/s, by device name fragment (vendor datasheets)
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}

@@ -2,7 +2,7 @@
 
 Both sides train the same model (same init), on the same images, with the same
 batch size, optimizer, crops and normalization; the bare side is the ten lines
-one would write by hand, the harness side is ``harness.train.train_one_epoch``
+one would write by hand, the harness side is ``harness.engine.lifecycle.train_one_epoch``
 fed by ``stage_batches`` (seeded batches, Batch objects, the method's loss
 dict, LR scheduler, progress bar). Epochs alternate between the two sides and
 the median of each is reported, with the ratio (goal: <= 1.05).
@@ -31,10 +31,10 @@ sys.path.insert(0, str(REPO))
 
 from harness.config import load_config  # noqa: E402
 from harness.data import draw_split, load_dataset  # noqa: E402
+from harness.engine.lifecycle import Context, make_scheduler, stage_batches, train_one_epoch  # noqa: E402
 from harness.method import get_method  # noqa: E402
 from harness.models import build_encoder  # noqa: E402
 from harness.plan import make_plan  # noqa: E402
-from harness.train import Context, make_scheduler, stage_batches, train_one_epoch  # noqa: E402
 
 
 def bare_epoch(model, optimizer, images, targets, indices, batch, crop, mean, std, gen) -> None:

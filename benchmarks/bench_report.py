@@ -99,7 +99,7 @@ sys.path.insert(0, {repo!r})
 t0 = time.perf_counter()
 from harness.config import load_config
 from harness.plan import make_plan
-from harness.report import build_report
+from harness.report.build import build_report
 t1 = time.perf_counter()
 cfg = load_config({args!r})
 plan = make_plan(cfg)

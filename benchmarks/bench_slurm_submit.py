@@ -37,8 +37,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness import slurm  # noqa: E402
-from harness.jobs import RunJob, job_config  # noqa: E402
+from harness.launch import slurm  # noqa: E402
+from harness.launch.jobs import RunJob, job_config  # noqa: E402
 from harness.run import validate  # noqa: E402
 
 

@@ -18,7 +18,7 @@ the paired t-test and Wilcoxon's signed-rank test on the per-seed error
 differences, the two-level bootstrap (seeds, then images), and the two that
 condition on the trained models: McNemar's exact test and the paired bootstrap
 over images, both pooled over seeds. The row of the test behind the table's
-marks (``harness.report_stats.MARKS_TEST``) is labelled ``(marks)``; goal: its
+marks (``harness.report.compare.MARKS_TEST``) is labelled ``(marks)``; goal: its
 false-positive rate <= 0.06.
 
     python benchmarks/bench_stats_null.py                    # 4,000 comparisons per cell
@@ -38,8 +38,8 @@ from scipy import optimize, special
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness.report_stats import MARKS_TEST  # noqa: E402
-from harness.stats import (  # noqa: E402
+from harness.report.compare import MARKS_TEST  # noqa: E402
+from harness.report.stats import (  # noqa: E402
     across_seeds,
     hierarchical_bootstrap,
     mcnemar_p,

@@ -1,6 +1,6 @@
 """The method contract and registry.
 
-A method says *what* is trained; the trainer (``harness.train``) says *how*.
+A method says *what* is trained; the trainer (``harness.engine.lifecycle``) says *how*.
 A method provides:
 
 - ``build_model(encoder, dataset)``: the module it trains, built around the
@@ -27,7 +27,6 @@ checkpoint). Pseudo-Label makes its targets inside
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -38,6 +37,7 @@ from torch import nn
 
 from harness.errors import unknown
 from harness.models import VGG
+from harness.plugins import import_plugins
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -137,18 +137,15 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
     return add
 
 
-def _import_methods() -> None:
-    """Import the ``methods`` package, whose modules register themselves."""
-    importlib.import_module("methods")
-
-
 def available_methods() -> list[str]:
-    _import_methods()
-    return sorted(METHODS)
+    """Every registered method: the baseline first, then in registration order (the
+    order of ``methods=all``)."""
+    import_plugins("method")
+    return sorted(METHODS, key=lambda name: name != "baseline")
 
 
 def get_method(name: str) -> type[Method]:
-    _import_methods()
+    import_plugins("method")
     if name not in METHODS:
         raise unknown("method", name, METHODS)
     return METHODS[name]

@@ -20,7 +20,7 @@ from harness.config import file_digest, run_relevant
 from harness.data import budget_key, load_dataset
 from harness.data.splits import every_image_labeled, is_list_budget
 from harness.errors import UsageError
-from harness.method import METHODS, available_methods, get_method
+from harness.method import available_methods, get_method
 
 
 @dataclass(frozen=True)
@@ -45,9 +45,8 @@ class RunSpec:
 
 def resolve_methods(names: list[str]) -> list[str]:
     """``["all"]`` -> every registered method (baseline first); else check each name."""
-    available_methods()  # imports the methods package
     if list(names) == ["all"]:
-        return list(METHODS)
+        return available_methods()
     for name in names:
         get_method(name)
     if len(set(names)) != len(names):

@@ -22,14 +22,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.config import load_config
 from harness.data import load_dataset, load_or_store_split
-from harness.distributed import is_main_process
+from harness.engine.checkpoint import load_weights
+from harness.engine.distributed import is_main_process
 from harness.errors import UsageError
-from harness.launchers import LAUNCHERS, prepare, tally
+from harness.launch import LAUNCHERS, prepare, tally
 from harness.lock import is_held
 from harness.method import get_method
 from harness.models import build_encoder
 from harness.plan import RunSpec, make_plan
-from harness.store import load_weights, run_record
+from harness.store import run_record
 
 
 def validate(argv: list[str]) -> tuple[DictConfig, list[RunSpec]]:
@@ -51,7 +52,7 @@ def validate(argv: list[str]) -> tuple[DictConfig, list[RunSpec]]:
     for name in dict.fromkeys(spec.method for spec in plan):  # a method may reject the model
         get_method(name)(cfg).build_model(encoder, dataset)
     # every split drawn (and a stored one checked) now; with every image labeled, stages
-    # that train on the pool read the labeled set (harness.train.Context.pool)
+    # that train on the pool read the labeled set (harness.engine.lifecycle.Context.pool)
     for labels, seed in dict.fromkeys((spec.labels, spec.split_seed) for spec in plan):
         load_or_store_split(Path(cfg.results), dataset, labels, seed, store=False)
     return cfg, plan
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if not outcome.finished:  # submitted to SLURM: its report job writes the report
         print(f"run records: {suite_dir}/<run_id>/", file=sys.stderr)
         return 0
-    from harness.report import build_report, print_report  # scipy, pandas: slow to import
+    from harness.report.build import build_report, print_report  # scipy, pandas: slow to import
 
     print_report(cfg, build_report(cfg, plan))
     print(f"run records: {suite_dir}/<run_id>/", file=sys.stderr)

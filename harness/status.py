@@ -32,9 +32,7 @@ from tabulate import tabulate
 
 from harness.config import load_config
 from harness.errors import UsageError
-from harness.lock import holder_text, is_held, read_holder
-from harness.plan import RunSpec, make_plan
-from harness.slurm import (
+from harness.launch.slurm import (
     RUNNING_STATES,
     SlurmUnavailable,
     job_history,
@@ -43,6 +41,8 @@ from harness.slurm import (
     read_ledger,
     slurm_dir,
 )
+from harness.lock import holder_text, is_held, read_holder
+from harness.plan import RunSpec, make_plan
 from harness.store import RunRecord, run_record
 
 STATES = ("planned", "queued", "running", "incomplete", "failed", "done")

@@ -9,8 +9,9 @@ with ``metrics.json`` is done. A run that raised leaves ``failed.json`` (the
 error) until a later attempt finishes it.
 Every file is written to a temp file in the same folder and renamed into place,
 so a killed process never leaves a half file that a later read takes as whole.
-``.pt`` files are read with ``torch.load(weights_only=True)`` (tensors and plain
-containers only): a results folder shared on a cluster cannot make a reader run code.
+The ``.pt`` files are written and read by ``harness.engine.checkpoint``
+(``torch.load(weights_only=True)``); this module imports no torch, so the report,
+which reads only the store, loads none.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ import csv
 import io
 import json
 import os
-import pickle
-import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,10 +28,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-import torch
 import yaml
-
-from harness.errors import UsageError
 
 
 def _current_umask() -> int:
@@ -86,52 +82,6 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` streamed into the temp file of ``atomic_open`` (a VGG-16
-    checkpoint with optimizer state is over 1 GB: never held whole in memory)."""
-    with atomic_open(path) as handle:
-        torch.save(obj, handle)
-
-
-def load_weights(path: str | Path, map_location: Any = "cpu") -> Any:
-    """A ``torch.save``d state dict (a ``stage-<name>.pt``, a ``model.pretrained`` file)
-    loaded with ``weights_only=True``: tensors and plain containers only, so a file
-    in a shared results folder cannot run code when it is read. A file holding any
-    other object is refused with a ``UsageError`` naming it."""
-    return _load_safely(path, map_location, "it was not written as a plain state dict")
-
-
-def _load_safely(path: str | Path, map_location: Any, why: str) -> Any:
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        found = re.search(r"GLOBAL ([\w.]+)", str(error))
-        what = f"a pickled {found.group(1)}" if found else "objects other than tensors"
-        raise UsageError(
-            f"{path} holds {what}, which is not loaded because loading it could run "
-            f"code (torch.load weights_only=True); {why}"
-        ) from None
-
-
-def _plain(obj: Any) -> Any:
-    """``obj`` with numpy scalars (a history row's error rates) made python numbers,
-    which ``weights_only`` loading accepts; containers with none inside are returned
-    as they are (a state dict keeps its ``_metadata``)."""
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, dict):
-        items = {key: _plain(value) for key, value in obj.items()}
-        if all(items[key] is value for key, value in obj.items()):
-            return obj
-        return type(obj)(items)
-    if isinstance(obj, list | tuple) and not hasattr(obj, "_fields"):
-        values = [_plain(value) for value in obj]
-        if all(new is old for new, old in zip(values, obj, strict=True)):
-            return obj
-        return type(obj)(values)
-    return obj
-
-
 @dataclass(frozen=True)
 class RunRecord:
     """The folder of one run; every read and write of a run goes through here."""
@@ -156,22 +106,6 @@ class RunRecord:
 
     def read_config(self) -> dict[str, Any]:
         return yaml.safe_load(self.config_file.read_text())
-
-    def save_checkpoint(self, state: dict[str, Any]) -> None:
-        atomic_torch_save(_plain(state), self.checkpoint_file)
-
-    def load_checkpoint(self) -> dict[str, Any] | None:
-        if not self.checkpoint_file.is_file():
-            return None
-        # weights_only=True: tensors and plain containers only (harness.seeding keeps
-        # the RNG states in those), so a checkpoint in a shared folder cannot run code
-        return _load_safely(
-            self.checkpoint_file,
-            "cpu",
-            "it was written by an older harness (or not by the harness), so run "
-            f"{self.path.name} must be restarted: delete {self.checkpoint_file} to train "
-            "it again from its beginning",
-        )
 
     def write_history(self, rows: list[dict[str, Any]]) -> None:
         """Rewrite the whole CSV from the checkpointed rows, so a resume never duplicates one."""

@@ -1,7 +1,9 @@
-"""Registered methods: each module registers itself with ``@register_method``.
+"""The registered method families (see ``harness.plugins`` for the layout).
 
-Add a method by writing one module here and importing it below; the order of
-the imports is the order of ``methods=all`` (the baseline first).
+``baseline.py``: supervised cross-entropy on the labeled subset.
+``decoding/``: decoding-pathway augmentation (Zhang, Lee & Lee, ICML 2016), six variants.
+
+Add a family by adding a module or a package here; nothing else imports it by name.
+This file imports nothing: the report finds ``methods/<family>/report.py`` through
+it without loading torch.
 """
-
-from methods import baseline, decoding  # noqa: F401

@@ -18,8 +18,8 @@ import torch.multiprocessing as mp
 
 from harness.config import load_config
 from harness.data import load_dataset
-from harness.distributed import World, gather_rows, shard, trim_for_world
-from harness.evaluate import predict_topk
+from harness.engine.distributed import World, gather_rows, shard, trim_for_world
+from harness.engine.evaluate import predict_topk
 from harness.models import build_encoder
 from harness.seeding import seed_everything
 from tests.conftest import REPO, run_cli
@@ -111,7 +111,7 @@ def _val_batches(data, indices):
 
 
 def _sharded_val_report(rank: int, size: int, port: int, out: str) -> None:
-    from harness.distributed import block, sum_over_ranks
+    from harness.engine.distributed import block, sum_over_ranks
 
     with _gloo_group(rank, size, port):
         torch.set_num_threads(1)
@@ -148,8 +148,8 @@ def test_a_val_report_shared_by_two_processes_equals_one_processes(tmp_path):
 
 
 def _uneven_gradient(rank: int, size: int, port: int, out: str) -> None:
+    from harness.engine.lifecycle import StageLoss, train_one_epoch
     from harness.method import Batch, get_method
-    from harness.train import StageLoss, train_one_epoch
 
     with _gloo_group(rank, size, port):
         torch.set_num_threads(1)
@@ -176,8 +176,8 @@ def _uneven_gradient(rank: int, size: int, port: int, out: str) -> None:
 def test_an_uneven_batch_weights_each_shard_by_its_rows(tmp_path):
     """DDP averages the ranks' gradients; with 3 and 2 rows that mean is not the batch's
     unless each rank's loss is weighted by its share (``Batch.share``)."""
+    from harness.engine.lifecycle import train_one_epoch
     from harness.method import Batch, get_method
-    from harness.train import train_one_epoch
 
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)

@@ -1,4 +1,4 @@
-"""Unpooling and mirrored decoders (harness.decoders)."""
+"""Unpooling and mirrored decoders (methods.decoding.decoders)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.decoders import (
+from harness.models import AlexNet, PoolSpec, build_encoder
+from methods.decoding.decoders import (
     Decoder,
     FcDecoder,
     MacroDecoder,
@@ -15,7 +16,6 @@ from harness.decoders import (
     unpool_fixed,
     unpool_switches,
 )
-from harness.models import AlexNet, PoolSpec, build_encoder
 
 
 @pytest.mark.parametrize("size", [(8, 8), (7, 9), (5, 5)])

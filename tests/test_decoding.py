@@ -17,10 +17,10 @@ import torch
 
 from harness.config import load_config
 from harness.data import center_crop, load_dataset, normalize
+from harness.engine.lifecycle import set_trainable
 from harness.method import Batch, get_method
 from harness.models import build_encoder
 from harness.plan import make_plan
-from harness.train import set_trainable
 from tests.conftest import REPO, run_cli
 
 VARIANTS = ["sae_first", "sae_all", "sae_layerwise", "swwae_first", "swwae_all", "swwae_layerwise"]
@@ -322,7 +322,7 @@ def test_invert_draws_sae_beside_swwae_from_each_layer(decoding_runs):
         "fc_steps=50",
         *SHORT,
         f"results={decoding_runs}",
-        module="harness.invert",
+        module="methods.decoding.invert",
     )
     assert result.returncode == 0, result.stderr
     (picture,) = (decoding_runs / "digits" / "invert").glob("swwae_all-*.png")
@@ -352,7 +352,7 @@ def test_invert_draws_sae_beside_swwae_from_each_layer(decoding_runs):
     ],
 )
 def test_invert_bad_input_exits_2(tmp_path, argv, message):
-    result = run_cli(*argv, *SHORT, f"results={tmp_path}", module="harness.invert")
+    result = run_cli(*argv, *SHORT, f"results={tmp_path}", module="methods.decoding.invert")
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())
@@ -382,7 +382,7 @@ def test_vgg16_defaults_are_the_reference_weights_and_every_variant_builds_on_vg
 
 def test_baseline_and_decoder_finetunes_take_the_same_number_of_labeled_steps():
     from harness.data import load_or_store_split
-    from harness.train import Context, stage_batches, steps_per_epoch
+    from harness.engine.lifecycle import Context, stage_batches, steps_per_epoch
 
     cfg = load_config(["labels=[100]", "seeds=[0]"])
     dataset = load_dataset(cfg.data)
@@ -416,7 +416,7 @@ def test_with_every_image_labeled_pool_stages_read_the_labeled_set():
     reconstruct the labeled batch itself (one pass over the labeled set, no second
     batch) instead of taking no step."""
     from harness.data import load_or_store_split
-    from harness.train import Context, stage_batches, steps_per_epoch
+    from harness.engine.lifecycle import Context, stage_batches, steps_per_epoch
 
     cfg = load_config(["methods=[swwae_all]", "labels=[1.0]", "seeds=[0]"])
     dataset = load_dataset(cfg.data)

@@ -143,7 +143,7 @@ def test_both_loaders_see_the_same_images_labels_and_split(folder, betons):
 def test_pool_batches_come_from_their_own_indices_and_a_tiny_labeled_set_still_batches(
     folder, betons, monkeypatch
 ):
-    import harness.train as train
+    import harness.engine.lifecycle as train
     from harness.method import get_method
     from harness.plan import make_plan
 
@@ -186,7 +186,7 @@ def test_pool_batches_come_from_their_own_indices_and_a_tiny_labeled_set_still_b
 def test_ffcv_and_torchvision_give_the_same_val_error_within_tolerance(
     folder, betons, tmp_path, capsys
 ):
-    from harness.evaluate import error_rates, predict_topk
+    from harness.engine.evaluate import error_rates, predict_topk
     from harness.models import build_encoder
 
     metrics, finals = {}, {}

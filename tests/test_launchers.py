@@ -21,10 +21,10 @@ import pytest
 import yaml
 
 from harness.config import load_config
-from harness.jobs import chunks, plan_arrays, waves
+from harness.launch.jobs import chunks, plan_arrays, waves
+from harness.launch.slurm import _executor, array_id, array_tasks
 from harness.plan import make_plan
 from harness.run import main as run_main
-from harness.slurm import _executor, array_id, array_tasks
 from tests.conftest import REPO, run_cli, tree
 
 # two baselines (wave 0) and two decoders that start from them (wave 1)

@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness import report_data
 from harness.config import load_config
 from harness.plan import make_plan
-from harness.report import build_report
-from harness.report_data import load_runs
+from harness.report import data as report_data
+from harness.report.build import build_report
+from harness.report.data import load_runs
 from harness.store import RunRecord
 from tests.conftest import REPO, run_cli
 

@@ -1,4 +1,4 @@
-"""The paired statistics (harness.stats) against values computed by hand."""
+"""The paired statistics (harness.report.stats) against values computed by hand."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from harness.stats import (
+from harness.report.stats import (
     across_seeds,
     hierarchical_bootstrap,
     holm,

@@ -9,9 +9,15 @@ import numpy as np
 import pytest
 import torch
 
+from harness.engine.checkpoint import (
+    atomic_torch_save,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+)
 from harness.errors import UsageError
 from harness.seeding import rng_state, seed_everything, set_rng_state
-from harness.store import RunRecord, atomic_torch_save, atomic_write_bytes, load_weights
+from harness.store import RunRecord, atomic_write_bytes
 
 
 def test_atomic_write_gives_the_mode_a_plain_write_would(tmp_path):
@@ -95,16 +101,16 @@ def test_rng_states_survive_a_weights_only_checkpoint_and_restore_every_draw(tmp
     random.gauss(0, 1)  # a cached second gaussian in python's state...
     np.random.randn()  # ...and in numpy's (has_gauss, cached_gaussian)
     record = RunRecord(tmp_path / "run")
-    record.save_checkpoint({"rng": rng_state()})
+    save_checkpoint(record, {"rng": rng_state()})
     expected = _draws()
     seed_everything("something else", 1)
     _draws()
-    set_rng_state(record.load_checkpoint()["rng"])  # torch.load(weights_only=True)
+    set_rng_state(load_checkpoint(record)["rng"])  # torch.load(weights_only=True)
     assert _draws() == expected
 
 
 def test_a_training_checkpoint_loads_weights_only_and_restores_every_part(tmp_path):
-    """What harness.train checkpoints: a state dict (with its _metadata), SGD momentum,
+    """What harness.engine.lifecycle checkpoints: a state dict (with its _metadata), SGD momentum,
     a LambdaLR, and history rows whose error rates are numpy floats."""
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -123,8 +129,8 @@ def test_a_training_checkpoint_loads_weights_only_and_restores_every_part(tmp_pa
         "history": history,
     }
     record = RunRecord(tmp_path / "run")
-    record.save_checkpoint(state)
-    loaded = record.load_checkpoint()
+    save_checkpoint(record, state)
+    loaded = load_checkpoint(record)
     assert loaded["history"] == history and type(loaded["history"][0]["top1_val"]) is float
     assert loaded["model"]._metadata == model.state_dict()._metadata
     restored = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
@@ -158,7 +164,7 @@ def test_a_checkpoint_holding_code_is_refused_and_runs_nothing(tmp_path):
     record.path.mkdir()
     torch.save({"model": {}, "payload": RunsACommand(marker)}, record.checkpoint_file)
     with pytest.raises(UsageError, match="posix.system") as refused:
-        record.load_checkpoint()
+        load_checkpoint(record)
     assert str(record.checkpoint_file) in str(refused.value)
     with pytest.raises(UsageError, match="not written as a plain state dict"):
         load_weights(record.checkpoint_file)
@@ -172,7 +178,7 @@ def test_a_checkpoint_of_the_older_harness_asks_for_a_restart(tmp_path):
     old_rng = {"python": random.getstate(), "numpy": np.random.get_state()}
     torch.save({"version": 1, "rng": old_rng}, record.checkpoint_file)
     with pytest.raises(UsageError) as refused:
-        record.load_checkpoint()
+        load_checkpoint(record)
     message = str(refused.value)
     assert str(record.checkpoint_file) in message
     assert "older harness" in message and "must be restarted" in message

@@ -2,7 +2,7 @@
 
 The processes are started by ``torchrun`` (``torchrun --nproc_per_node=N -m
 harness.run ...``) or by SLURM (``launcher=slurm`` with ``slurm.gpus_per_node=N``
-starts N tasks per job; ``harness.jobs`` exports the same variables from
+starts N tasks per job; ``harness.launch.jobs`` exports the same variables from
 submitit's environment). Every process runs the whole plan; within a run:
 
 - each training batch of the single-process run is cut into ``world`` strided
@@ -71,7 +71,7 @@ def mean_over_ranks(values: dict[str, float], place: World) -> dict[str, float]:
 
 def init_from_env(cuda: bool) -> World:
     """Join the process group that ``WORLD_SIZE``/``RANK``/``MASTER_ADDR`` describe
-    (as torchrun and ``harness.jobs`` set them); nothing when there is none."""
+    (as torchrun and ``harness.launch.jobs`` set them); nothing when there is none."""
     size = world_size_from_env()
     if size > 1 and not dist.is_initialized():
         if cuda:

@@ -20,13 +20,16 @@ import math
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from harness.lock import LOCK_NAME, is_held
-from harness.plan import RunSpec
 from harness.store import RunRecord, atomic_write_bytes, targets_key, topk_key
+
+if TYPE_CHECKING:
+    from harness.plan import RunSpec
 
 # (metrics.json key, title), in the paper's table order
 ERROR_COLUMNS = (

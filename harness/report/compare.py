@@ -2,7 +2,7 @@
 
 For each label budget and error column, a method is compared with the baseline
 run of the same split and seed (same images, so the comparison is paired). The
-seed is the unit of replication (``harness.stats``):
+seed is the unit of replication (``harness.report.stats``):
 
 - ``seed = all`` (every planned seed of both methods done):
   - the test behind the table's marks and the summary's verdicts
@@ -10,7 +10,7 @@ seed is the unit of replication (``harness.stats``):
     differences: ``seed_mean_difference``, its 95% CI ``ttest_ci_low`` /
     ``ttest_ci_high``, ``ttest_p``; Wilcoxon's signed-rank test on the same
     differences beside it (``wilcoxon_p``; it cannot reach 0.05 with fewer than
-    6 seeds, see ``harness.stats.seeds_needed``);
+    6 seeds, see ``harness.report.stats.seeds_needed``);
   - conditional on the trained models (they ignore training variance, so they
     say whether these models differ, not whether the method does): McNemar's
     exact test on the per-example pairs of all seeds pooled (discordant counts
@@ -22,7 +22,7 @@ seed is the unit of replication (``harness.stats``):
 - ``seed = <s>``: McNemar's exact test on that seed's pairs alone (conditional),
   Holm-corrected across the methods for that seed.
 
-The two-level bootstrap (``harness.stats.hierarchical_bootstrap``) is not a
+The two-level bootstrap (``harness.report.stats.hierarchical_bootstrap``) is not a
 column: with 3 to 5 seeds it rejects a true null two to four times as often as
 alpha (``benchmarks/bench_stats_null.py``).
 
@@ -35,8 +35,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from harness.report_data import ERROR_COLUMNS, parse_column
-from harness.stats import across_seeds, holm, mcnemar_p, paired_bootstrap_ci, paired_t
+from harness.report.data import ERROR_COLUMNS, parse_column
+from harness.report.stats import across_seeds, holm, mcnemar_p, paired_bootstrap_ci, paired_t
 
 BASELINE = "baseline"
 # the test behind the marks and verdicts: its columns are f"{MARKS_TEST}_p_holm",

@@ -22,7 +22,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from harness.engine.lifecycle import train_run
+from harness.errors import UsageError
 from harness.plan import RunSpec
+from harness.report import build_report
 
 
 def job_config(cfg: DictConfig) -> dict[str, Any]:
@@ -62,9 +65,7 @@ class RunJob:
         """The run's metrics; a failed run raises (SLURM then marks the task failed;
         the error is in the run's ``failed.json``), a run another process holds
         returns nothing."""
-        import submitit
-
-        from harness.train import train_run  # heavy: only in the worker
+        import submitit  # an optional extra ([slurm]): imported where a job needs it
 
         if _tasks(submitit) > 1:
             # one DDP rank per task: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT for
@@ -81,7 +82,7 @@ class RunJob:
     def checkpoint(self) -> Any:
         """Called by submitit on SIGUSR2 (time limit or preemption): requeue the same run;
         it resumes from ``checkpoint.pt``."""
-        import submitit
+        import submitit  # an optional extra ([slurm]): imported where a job needs it
 
         return submitit.helpers.DelayedSubmission(self)
 
@@ -94,8 +95,6 @@ class ReportJob:
     config: dict[str, Any]
 
     def __call__(self) -> str:
-        from harness.report import build_report
-
         return str(build_report(_load(self.config), list(self.plan)).folder)
 
 
@@ -139,8 +138,6 @@ def plan_arrays(
 
 def needs_submitit(what: str) -> None:
     """submitit is an optional extra: say how to install it (exit 2) where it is missing."""
-    from harness.errors import UsageError
-
     try:
         import submitit  # noqa: F401
     except ImportError:

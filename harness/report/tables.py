@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from harness.report_data import ERROR_COLUMNS
-from harness.report_stats import MARKS_TEST
+from harness.report.compare import MARKS_TEST
+from harness.report.data import ERROR_COLUMNS
 
 MARK_MD = "†"
 MARK_TEX = r"\textsuperscript{\dag}"

@@ -1,4 +1,4 @@
-"""``python -m harness.report [suite=NAME] [key=value ...]``: tables, tests and plots.
+"""Write a suite's report folder: tables, tests and plots.
 
 Reads the run records of the suite's plan (the same keys as ``harness.run``
 give the same runs; ``methods=`` chooses the rows) and writes
@@ -15,16 +15,15 @@ import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from omegaconf import DictConfig
 
-from harness.config import load_config
-from harness.errors import UsageError
-from harness.plan import RunSpec, make_plan
-from harness.report_data import ERROR_COLUMNS, STATUSES, final_errors, load_runs
-from harness.report_stats import BASELINE, MARKS_TEST, compare
-from harness.report_tables import (
+from harness.report.compare import BASELINE, MARKS_TEST, compare
+from harness.report.data import ERROR_COLUMNS, STATUSES, final_errors, load_runs
+from harness.report.stats import seeds_needed, smallest_p
+from harness.report.tables import (
     MISSING_MD,
     caption,
     fmt_p,
@@ -34,8 +33,10 @@ from harness.report_tables import (
     seeds_text,
     table_blocks,
 )
-from harness.stats import seeds_needed, smallest_p
 from harness.store import atomic_write_if_changed
+
+if TYPE_CHECKING:
+    from harness.plan import RunSpec
 
 SUMMARY_METRIC = "top1_val"
 
@@ -69,7 +70,7 @@ def build_report(cfg: DictConfig, plan: list[RunSpec]) -> Report:
     _write(out / "stats.csv", buffer.getvalue())
     figures: list[Path] = []
     if cfg.report.plots:
-        from harness.report_plots import all_plots  # matplotlib is slow to import
+        from harness.report.plots import all_plots  # matplotlib is slow to import
 
         figures = all_plots(runs, history, suite_dir, methods, out)
     _write(out / "summary.md", summary(cfg, runs, comparisons, methods, recon_md, figures))
@@ -306,26 +307,6 @@ def _p_clause(p: float) -> str:
     return text.replace("<", "< ") if text.startswith("<") else f"= {text}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        cfg = load_config(argv)
-        plan = make_plan(cfg)
-        suite_dir = Path(cfg.results) / cfg.suite
-        if not any((suite_dir / spec.run_id).is_dir() for spec in plan):
-            raise UsageError(
-                f"no run records of suite {cfg.suite!r} under {suite_dir} for these settings "
-                f"({len(plan)} runs planned); run `python -m harness.run` with the same "
-                "arguments first"
-            )
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    report = build_report(cfg, plan)
-    print_report(cfg, report)
-    return 0
-
-
 def print_report(cfg: DictConfig, report: Report) -> None:
     print(f"## {cfg.suite}: error (%)\n")
     print(report.table_md)
@@ -335,7 +316,3 @@ def print_report(cfg: DictConfig, report: Report) -> None:
     print(
         f"\nreport: {report.folder}/ (table.md, table.tex, stats.csv, summary.md)", file=sys.stderr
     )
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""``python -m harness.invert suite=NAME method=swwae_first [layer=L] [key=value ...]``
+"""``python -m methods.decoding.invert suite=NAME method=swwae_first [layer=L] [key=value ...]``
 
 Network inversion pictures from stored runs: val images beside their
 reconstructions from each layer 1..``layer`` (the paper's numbering: the
@@ -31,14 +31,15 @@ from tqdm import tqdm
 
 from harness.config import load_config
 from harness.data import center_crop_batches, load_dataset
-from harness.decoders import FcDecoder, fc_codes
+from harness.engine.checkpoint import load_weights
 from harness.errors import UsageError, unknown
 from harness.images import save_grid
 from harness.method import get_method
 from harness.models import build_encoder
 from harness.plan import RunSpec, make_plan
 from harness.seeding import derive_seed, numpy_rng
-from harness.store import atomic_write_text, load_weights, run_record
+from harness.store import atomic_write_text, run_record
+from methods.decoding.decoders import FcDecoder, fc_codes
 
 INVERT_KEYS = ("method", "layer", "images", "fc_steps")
 KINDS = ("sae", "swwae")

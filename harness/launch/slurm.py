@@ -35,7 +35,8 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from harness.errors import UsageError, unknown
-from harness.jobs import ReportJob, RunJob, job_config, needs_submitit, plan_arrays
+from harness.launch.base import Outcome, register_launcher
+from harness.launch.jobs import ReportJob, RunJob, job_config, needs_submitit, plan_arrays
 from harness.plan import RunSpec
 from harness.store import atomic_write_text, run_record
 
@@ -251,7 +252,7 @@ def _job_params(cfg: DictConfig) -> dict[str, Any]:
         "job_name": cfg.suite,
         "time": slurm.time_min,
         "nodes": slurm.nodes,
-        # one DDP process per GPU (harness.jobs.RunJob sets up the process group)
+        # one DDP process per GPU (harness.launch.jobs.RunJob sets up the process group)
         "ntasks_per_node": tasks_per_node,
         "cpus_per_task": slurm.cpus_per_task,
         "mem": _megabytes(slurm.mem_gb),
@@ -438,3 +439,15 @@ def wait(
             break
         time.sleep(cfg.slurm.poll_s)
     bar.close()
+
+
+@register_launcher("slurm")
+def launch_slurm(plan: list[RunSpec], cfg: DictConfig) -> Outcome:
+    submission = submit(plan, cfg)  # run.validate has run slurm.check_cluster
+    print_submission(submission, cfg)
+    if not submission.arrays and not submission.queued:
+        return Outcome(finished=True)  # every run is done: report here
+    if not cfg.wait:
+        return Outcome(finished=False)
+    wait(plan, cfg, submission)
+    return Outcome(finished=True)

@@ -254,3 +254,13 @@ def build_encoder(
 def load_torchvision_vgg(model: VGG, state_dict: dict[str, torch.Tensor]) -> None:
     """Load a torchvision-format VGG state_dict (same keys; checked strictly)."""
     model.load_state_dict(state_dict, strict=True)
+
+
+def classifier_of(model: torch.nn.Module) -> nn.Module:
+    """The encoder+head inside a method's model (the model itself for the baseline)."""
+    if isinstance(model, VGG):
+        return model
+    encoder = getattr(model, "encoder", None)
+    if not isinstance(encoder, VGG):
+        raise TypeError("a method's model must be a VGG or expose it as `.encoder`")
+    return encoder

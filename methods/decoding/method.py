@@ -1,6 +1,6 @@
 """Decoding-pathway augmentation (Zhang, Lee & Lee, ICML 2016): six variants, one module.
 
-The classifier gets a mirrored decoder (``harness.decoders``); its reconstruction
+The classifier gets a mirrored decoder (``methods.decoding.decoders``); its reconstruction
 losses, on labeled and unlabeled images, are added to cross-entropy on the
 labeled ones. Two choices make the six registered variants:
 
@@ -16,13 +16,13 @@ the suite's baseline run on the same split and seed, or loaded from
 encoder frozen), ``decoder_topdown`` (the chain, encoder frozen; not for
 -layerwise) and ``finetune`` (everything, on the joint objective).
 
-Loss normalization (``harness.config.DecodingConfig``): a site's term is
+Loss normalization (``methods.decoding.settings.DecodingSettings``): a site's term is
 ``weight * sum((x_hat - x)^2) / (2 * batch)`` over all its elements, Caffe's
 EuclideanLoss; the image target is in the reference's units, (pixel - mean)/255
 (the normalized input times the dataset std); pool targets are the encoder's
 own activations, and, as with Caffe's loss, the gradient reaches both sides.
 The VGG-16 defaults are the reference weights: image 1e-4, pool1-3 1e-12, pool4 1e-10
-(the image term is the reference's exactly; on the scale of pool terms see DecodingConfig).
+(the image term is the reference's exactly; on the scale of pool terms see DecodingSettings).
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.data import Dataset
-from harness.decoders import Decoder
 from harness.errors import UsageError
 from harness.images import save_grid
 from harness.method import Batch, Method, Stage, register_method
 from harness.models import VGG, Encoding
+from methods.decoding.decoders import Decoder
 
 PLACEMENTS = ("first", "all", "layerwise")
 

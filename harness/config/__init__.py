@@ -1,0 +1,44 @@
+"""Suite files + command-line overrides -> one validated, typed config.
+
+``schema`` (every engine key), ``settings`` (method families' own sections),
+``load`` (merge, validate, one-line errors), ``identity`` (what a run id hashes).
+"""
+
+from harness.config.identity import file_digest, run_relevant
+from harness.config.load import (
+    available_suites,
+    ffcv_installed,
+    load_config,
+    parse_overrides,
+    suite_path,
+    suite_schema,
+)
+from harness.config.schema import (
+    DEFAULT_SUITE,
+    DEFAULT_THREADS,
+    LAUNCHER_NAMES,
+    SUITES_DIR,
+    StageSchedule,
+    SuiteConfig,
+)
+from harness.config.settings import SETTINGS, method_sections, register_settings
+
+__all__ = [
+    "DEFAULT_SUITE",
+    "DEFAULT_THREADS",
+    "LAUNCHER_NAMES",
+    "SETTINGS",
+    "SUITES_DIR",
+    "StageSchedule",
+    "SuiteConfig",
+    "available_suites",
+    "ffcv_installed",
+    "file_digest",
+    "load_config",
+    "method_sections",
+    "parse_overrides",
+    "register_settings",
+    "run_relevant",
+    "suite_path",
+    "suite_schema",
+]

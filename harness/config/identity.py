@@ -1,0 +1,102 @@
+"""What a run's id hashes: exactly what changes the run's result.
+
+Only what the method's training reads counts: the schedule of its own stages,
+the method sections it declares, the unlabeled batch size only where a stage
+draws from the pool. The dataset enters by its content fingerprint, not its
+path, so a moved dataset keeps every result; a ``model.pretrained`` file by the
+hash of its bytes. The thread count enters CPU runs, whose results depend on
+it; on CUDA bf16 autocast does. Launcher, resources, report, logger and
+evaluation batch size never do (DESIGN, "Run").
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from harness.config.settings import method_sections
+
+# Keys that change how runs are planned, launched, logged or reported but not what
+# a run computes: never in a run id
+EXECUTION_KEYS = (
+    "suite",
+    "description",
+    "methods",
+    "labels",
+    "seeds",
+    "device",
+    "threads",  # added back for CPU runs, where it changes the numbers
+    "launcher",
+    "parallel",
+    "wait",
+    "slurm",
+    "results",
+    "progress",
+    "report",
+    "dry_run",
+    "logger",
+)
+# where the data is and how fast it is read: the dataset enters by its fingerprint
+EXECUTION_DATA_KEYS = ("path", "beton", "num_workers")
+EXECUTION_EVAL_KEYS = ("batch_size",)
+# Datasets whose pixels depend on data.loader (FFCV re-encodes and resizes with OpenCV)
+LOADER_DATASETS = ("imagenet",)
+
+
+def run_relevant(
+    cfg: DictConfig,
+    stage_names: list[str],
+    sections: tuple[str, ...] = (),
+    *,
+    reads_pool: bool = True,
+    fingerprint: str = "",
+) -> dict[str, Any]:
+    """The part of ``cfg`` that decides one run's numbers (what its id hashes), for a
+    method with stages ``stage_names`` that reads the settings ``sections``."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(plain, dict)
+    for key in EXECUTION_KEYS:
+        plain.pop(key, None)
+    for key in EXECUTION_DATA_KEYS:
+        plain["data"].pop(key, None)
+    for key in EXECUTION_EVAL_KEYS:
+        plain["eval"].pop(key, None)
+    plain["data"]["fingerprint"] = fingerprint
+    if cfg.data.name not in LOADER_DATASETS:
+        plain["data"].pop("loader")
+    if not reads_pool:
+        plain["optim"].pop("unlabeled_batch_size")
+    if cfg.model.pretrained:
+        plain["model"]["pretrained"] = file_digest(cfg.model.pretrained)
+    plain["schedule"] = {name: plain["schedule"][name] for name in stage_names}
+    for name, section in method_sections().items():
+        if name not in sections:
+            plain.pop(name, None)
+        else:
+            for key in section.id_exclude:
+                plain[name].pop(key, None)
+    cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    plain["amp"] = cuda
+    if not cuda:
+        plain["threads"] = cfg.threads
+    return plain
+
+
+@lru_cache(maxsize=16)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def file_digest(path: str) -> str:
+    """SHA-256 of a file's bytes (hashed once per process while it is unchanged)."""
+    info = Path(path).stat()
+    return _digest(str(Path(path).resolve()), info.st_size, info.st_mtime_ns)

@@ -1,0 +1,251 @@
+"""Suite files + command-line overrides -> one validated, typed config.
+
+A suite is a YAML file in ``suites/``; the command line adds ``key=value``
+overrides (dotted keys for nesting, lists in brackets). The schema below is an
+OmegaConf structured config, so merging and type checks are OmegaConf's; this
+module only turns its exceptions into one-line ``UsageError``s that name the
+bad key or value and what would have been valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from harness.cli import key_values
+from harness.config.schema import (
+    DEFAULT_SUITE,
+    LAUNCHER_NAMES,
+    LOGGERS,
+    SUITES_DIR,
+    StageSchedule,
+    SuiteConfig,
+)
+from harness.config.settings import method_sections
+from harness.errors import UsageError, unknown
+
+_LIST_KEYS = ("methods", "labels", "seeds", "logger")
+
+
+@cache
+def suite_schema() -> type:
+    """``SuiteConfig`` with every method family's settings section added."""
+    extra = [
+        (name, section.schema, dataclasses.field(default_factory=section.schema))
+        for name, section in method_sections().items()
+    ]
+    return dataclasses.make_dataclass("Suite", extra, bases=(SuiteConfig,))
+
+
+def available_suites() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+
+
+def suite_path(name: str) -> Path:
+    """A suite name from ``suites/``, or a path to a YAML file of one's own."""
+    if name.endswith((".yaml", ".yml")):
+        path = Path(name)
+        if not path.is_file():
+            raise UsageError(f"suite file {name!r} does not exist")
+        return path
+    path = SUITES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise unknown("suite", name, available_suites())
+    return path
+
+
+def parse_overrides(argv: list[str]) -> list[str]:
+    """Check that every argument is ``key=value``; wrap scalars given to list keys."""
+    dotlist = []
+    for key, value in key_values(argv):
+        if key in _LIST_KEYS and not value.strip().startswith("["):
+            value = f"[{value}]"
+        dotlist.append(f"{key}={value}")
+    return dotlist
+
+
+def _valid_keys(dotted: str) -> list[str]:
+    """The keys valid beside ``dotted``, a dotted path into the schema."""
+    schema = suite_schema()
+    cls: Any = schema
+    for part in dotted.split(".")[:-1]:
+        if cls is None:
+            break
+        if cls is schema and part == "schedule":
+            return [f.name for f in dataclasses.fields(StageSchedule)]
+        found = {f.name: f for f in dataclasses.fields(cls)}.get(part)
+        default = found.default_factory() if found and callable(found.default_factory) else None
+        cls = type(default) if dataclasses.is_dataclass(default) else None
+    if cls is StageSchedule or cls is None and dotted.startswith("schedule."):
+        return [f.name for f in dataclasses.fields(StageSchedule)]
+    return [f.name for f in dataclasses.fields(cls)] if cls else []
+
+
+def _explain(error: OmegaConfBaseException, source: str) -> UsageError:
+    key = getattr(error, "full_key", None) or "?"
+    first_line = str(error).splitlines()[0]
+    if isinstance(error, ConfigKeyError):
+        valid = _valid_keys(key)
+        return unknown(f"key in {source}", key, [_join(key, v) for v in valid])
+    return UsageError(f"bad value for key {key!r} in {source}: {first_line}")
+
+
+def _join(key: str, leaf: str) -> str:
+    head = key.rpartition(".")[0]
+    return f"{head}.{leaf}" if head else leaf
+
+
+def load_config(argv: list[str]) -> DictConfig:
+    """The validated config for ``argv`` (a list of ``key=value``), or a UsageError."""
+    dotlist = parse_overrides(argv)
+    suite_name = DEFAULT_SUITE
+    rest = []
+    for item in dotlist:
+        key, _, value = item.partition("=")
+        if key == "suite":
+            suite_name = value
+        else:
+            rest.append(item)
+    path = suite_path(suite_name)
+    try:
+        suite_yaml = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise UsageError(f"suite file {str(path)!r} is not valid YAML: {error}") from None
+    if not isinstance(suite_yaml, dict):
+        raise UsageError(f"suite file {str(path)!r} must hold a mapping of keys")
+    suite_yaml["suite"] = path.stem
+    cfg = OmegaConf.structured(suite_schema())
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.create(suite_yaml))
+    except OmegaConfBaseException as error:
+        raise _explain(error, f"suite file {path.name}") from None
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(rest))
+        OmegaConf.to_container(cfg, resolve=True)  # surfaces bad ${...} interpolations now
+    except OmegaConfBaseException as error:
+        raise _explain(error, "the command line") from None
+    except yaml.YAMLError as error:
+        first = str(error).splitlines()[0]
+        raise UsageError(f"an override is not valid YAML ({first}): {' '.join(rest)}") from None
+    _resolve(cfg)
+    _check_values(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def ffcv_installed() -> bool:
+    return importlib.util.find_spec("ffcv") is not None
+
+
+def _resolve(cfg: DictConfig) -> None:
+    """Settings that name a default in words get their value now, before any run id:
+    ``data.loader=auto`` and ``model.pretrained=none``."""
+    if cfg.data.loader == "auto":
+        cfg.data.loader = "ffcv" if cfg.data.beton and ffcv_installed() else "torchvision"
+    elif cfg.data.loader == "ffcv" and not ffcv_installed():
+        raise UsageError(
+            "data.loader=ffcv but ffcv is not installed: pip install -e '.[ffcv]' "
+            "(Debian: pkg-config libturbojpeg0-dev libopencv-dev first), "
+            "or use data.loader=torchvision"
+        )
+    if cfg.model.pretrained.lower() == "none":
+        cfg.model.pretrained = ""
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise unknown(f"value for {key}", value, choices)
+
+
+def _check_values(cfg: DictConfig) -> None:
+    """Range and choice checks OmegaConf's types cannot express."""
+    _choice("device", cfg.device, ("cpu", "cuda", "auto"))
+    _choice("optim.name", cfg.optim.name, ("sgd", "adam"))
+    _choice("optim.lr_schedule", cfg.optim.lr_schedule, ("cosine", "constant"))
+    _choice("data.loader", cfg.data.loader, ("auto", "ffcv", "torchvision"))
+    _choice("launcher", cfg.launcher, LAUNCHER_NAMES)
+    for name in cfg.logger:
+        _choice("logger", name, LOGGERS)
+    positive = {
+        "data.resize": cfg.data.resize,
+        "data.crop": cfg.data.crop,
+        "optim.batch_size": cfg.optim.batch_size,
+        "optim.unlabeled_batch_size": cfg.optim.unlabeled_batch_size,
+        "eval.batch_size": cfg.eval.batch_size,
+        "eval.every": cfg.eval.every,
+        "report.last_k": cfg.report.last_k,
+        "report.resamples": cfg.report.resamples,
+        "parallel": cfg.parallel,
+        "threads": cfg.threads,
+        "slurm.cpus_per_task": cfg.slurm.cpus_per_task,
+        "slurm.time_min": cfg.slurm.time_min,
+        "slurm.array_parallelism": cfg.slurm.array_parallelism,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise UsageError(f"{key} must be a positive integer, got {value}")
+    at_least_zero = {
+        "optim.momentum": cfg.optim.momentum,
+        "optim.weight_decay": cfg.optim.weight_decay,
+        "optim.grad_clip": cfg.optim.grad_clip,
+        "data.num_workers": cfg.data.num_workers,
+        "slurm.gpus_per_node": cfg.slurm.gpus_per_node,
+        "slurm.tasks_per_node": cfg.slurm.tasks_per_node,
+        "slurm.max_array_size": cfg.slurm.max_array_size,
+        "slurm.max_num_timeout": cfg.slurm.max_num_timeout,
+        "slurm.signal_delay_s": cfg.slurm.signal_delay_s,
+    }
+    for key, value in at_least_zero.items():
+        if value < 0:
+            raise UsageError(f"{key} must be >= 0, got {value}")
+    if cfg.slurm.nodes != 1:
+        raise UsageError(
+            f"slurm.nodes={cfg.slurm.nodes}: a run uses one node (its DDP processes share "
+            "that node's GPUs; multi-node runs are not supported); valid: 1"
+        )
+    if cfg.slurm.signal_delay_s >= 60 * cfg.slurm.time_min:
+        raise UsageError(
+            f"slurm.signal_delay_s={cfg.slurm.signal_delay_s} would signal the end of a "
+            f"{cfg.slurm.time_min}-minute job at its start; valid: below {60 * cfg.slurm.time_min}"
+        )
+    for key in ("mem_gb", "report_mem_gb", "poll_s"):
+        if not cfg.slurm[key] > 0:
+            raise UsageError(f"slurm.{key} must be > 0, got {cfg.slurm[key]}")
+    if not 0 <= cfg.model.dropout < 1:
+        raise UsageError(f"model.dropout must lie in [0, 1), got {cfg.model.dropout}")
+    if cfg.data.crop > cfg.data.resize:
+        raise UsageError(
+            f"data.crop ({cfg.data.crop}) must not exceed data.resize ({cfg.data.resize})"
+        )
+    if not cfg.seeds:
+        raise UsageError("seeds must list at least one seed")
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        raise UsageError(f"seeds has a repeated value: {list(cfg.seeds)}")
+    if not cfg.labels:
+        raise UsageError("labels must list at least one label budget")
+    if not cfg.methods:
+        raise UsageError("methods must list at least one method (or `all`)")
+    for name, stage in cfg.schedule.items():
+        if stage.epochs < 0:
+            raise UsageError(f"schedule.{name}.epochs must be >= 0, got {stage.epochs}")
+        if stage.lr <= 0:
+            raise UsageError(f"schedule.{name}.lr must be > 0, got {stage.lr}")
+        if stage.steps < 0:
+            raise UsageError(f"schedule.{name}.steps must be >= 0, got {stage.steps}")
+        if stage.eval_every < 0:
+            raise UsageError(
+                f"schedule.{name}.eval_every must be >= 0 (0: eval.every), got {stage.eval_every}"
+            )
+    if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():
+        raise UsageError(f"model.pretrained={cfg.model.pretrained!r} is not a file")
+    if not 0 < cfg.report.alpha < 1:
+        raise UsageError(f"report.alpha must lie in (0, 1), got {cfg.report.alpha}")
+    for name in method_sections():
+        OmegaConf.to_object(cfg[name])  # the family's own checks (its __post_init__)

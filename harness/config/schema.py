@@ -1,0 +1,148 @@
+"""The suite schema: every key a suite file or a ``key=value`` override may set.
+
+OmegaConf structured configs, so merging and type checks are OmegaConf's. A
+method family adds its own section (``harness.config.settings``); the engine's
+schema names no method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+# CPU threads of a run unless `threads=` says otherwise: a constant, so one run id means
+# one result whichever launcher (and machine) runs it
+DEFAULT_THREADS = 1
+# the `suites` package's folder: the repo's suites/, or the installed package data
+SUITES_DIR = Path(str(resources.files("suites")))
+DEFAULT_SUITE = "digits"
+LAUNCHER_NAMES = ("inprocess", "local_parallel", "slurm")  # harness.launch registers these
+LOGGERS = ("csv", "tensorboard")
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"  # a registered dataset (harness.data.DATASETS)
+    path: str | None = None  # where the files are, for datasets read from disk
+    resize: int = 16  # images are stored at resize x resize (shorter side, then center square)
+    crop: int = 14  # network input: random crops for training, the center crop for single-crop eval
+    hflip: bool = False  # random horizontal flips in training (not for digits or letters)
+    num_workers: int = 0  # loader processes (FFCV: threads) for datasets read from disk
+    # how imagenet is read: ffcv (data.beton) | torchvision (ImageFolder + PIL, data.path) |
+    # auto = ffcv where it is installed and data.beton is set; resolved before run ids
+    loader: str = "auto"
+    beton: str | None = None  # folder of train.beton/val.beton (python -m harness.data.prepare)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "vgg_small_2"  # a registered architecture (harness.models.ARCHITECTURES)
+    dropout: float = 0.5  # in the fc layers, as in VGG
+    # step 1 of the paper's procedure from a checkpoint: a torchvision-format state_dict
+    # file loaded into the classifier instead of training stage `pretrain` ("" or none =
+    # train it)
+    pretrained: str = ""
+
+
+@dataclass
+class StageSchedule:
+    epochs: int = 1
+    lr: float = 0.01
+    # steps per epoch; 0 = one pass over the stage's data (the pool, for stages that use it)
+    steps: int = 0
+    # evaluate val every N epochs of this stage (and after its last); 0 = eval.every.
+    # On a small CPU suite an evaluation can cost as much as 10 epochs of training
+    eval_every: int = 0
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adam
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 64  # labeled images per step
+    unlabeled_batch_size: int = 64  # unlabeled images per step, for stages that use the pool
+    lr_schedule: str = "cosine"  # cosine | constant, applied within each stage
+    grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 256
+    every: int = 1  # evaluate val (single crop) every N epochs, for history.csv
+
+
+@dataclass
+class ReportConfig:
+    """How ``python -m harness.report`` turns run records into tables (never a run's id)."""
+
+    # "final" val single-crop error = median of the last k evaluations in history.csv
+    # (never the best over training: that would select on the val set)
+    last_k: int = 3
+    alpha: float = 0.05  # significance level of the table's marks, after Holm's correction
+    resamples: int = 2000  # paired bootstrap resamples for the CIs in stats.csv
+    plots: bool = True  # seaborn figures (PNG + PDF) beside the tables
+
+
+@dataclass
+class SlurmConfig:
+    """What ``launcher=slurm`` asks SLURM for, per job (one job = one run); never a run's id.
+
+    A job that reaches ``time_min`` (or is preempted) gets SIGUSR2 ``signal_delay_s``
+    before the end, is requeued by submitit and resumes from its last epoch
+    checkpoint; ``max_num_timeout`` bounds how often a run may run out of time.
+    """
+
+    partition: str = ""  # "" = the cluster's default partition
+    nodes: int = 1  # one node per run (DDP spans the GPUs of one node)
+    gpus_per_node: int = 0
+    # processes per job, one DDP rank each; 0 = one per GPU (gpus_per_node), or 1
+    tasks_per_node: int = 0
+    cpus_per_task: int = 2  # CPU cores per DDP process (the run uses `threads` of them)
+    mem_gb: float = 8.0
+    time_min: int = 60  # wall-time limit of one job
+    array_parallelism: int = 256  # at most this many tasks of one array run at once
+    max_array_size: int = 0  # tasks per array; 0 = the cluster's MaxArraySize
+    max_num_timeout: int = 3  # requeues after a time-out before a run counts as failed
+    signal_delay_s: int = 90  # SIGUSR2 this long before the time limit
+    account: str = ""
+    qos: str = ""
+    constraint: str = ""
+    setup: list[str] = field(default_factory=list)  # shell lines run before the job
+    additional: dict[str, Any] = field(default_factory=dict)  # more `#SBATCH --key=value`
+    report_mem_gb: float = 4.0  # the aggregation (report) job
+    poll_s: float = 5.0  # how often `wait=true` asks SLURM
+
+
+@dataclass
+class SuiteConfig:
+    """Every key a suite file or a ``key=value`` override may set."""
+
+    suite: str = DEFAULT_SUITE
+    description: str = ""
+    methods: list[str] = field(default_factory=lambda: ["baseline"])  # or ["all"]
+    labels: list[Any] = field(default_factory=lambda: [100])  # total count (int) or fraction
+    seeds: list[int] = field(default_factory=lambda: [0])  # split seed = train seed
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    # stage name -> length and learning rate; which stages exist is the method's choice
+    schedule: dict[str, StageSchedule] = field(default_factory=dict)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    device: str = "cpu"  # cpu | cuda | auto; cuda turns on AMP and channels_last
+    # torch intra-op threads. CPU results depend on the thread count, so it is the same
+    # under every launcher (not the machine's core count) and part of a CPU run's id
+    threads: int = DEFAULT_THREADS
+    launcher: str = "inprocess"  # inprocess | local_parallel | slurm
+    parallel: int = 2  # launcher=local_parallel: runs at once
+    wait: bool = False  # launcher=slurm: wait for the jobs (progress bar), then print the table
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    results: str = "results"  # the results root
+    progress: bool = True  # tqdm bars on stderr
+    dry_run: bool = False  # print the plan (ids, what each waits for, done or not); write nothing
+    # where a run writes its curves: history.csv (always read by the report) and/or
+    # TensorBoard event files under <run>/tensorboard/; never a run's id
+    logger: list[str] = field(default_factory=lambda: list(LOGGERS))

@@ -1,0 +1,119 @@
+"""The batches of one epoch of a stage: a pure function of (seed, stage, epoch).
+
+The labeled subset and the unlabeled pool are drawn, cycled and sharded here, and
+augmented on the device; unlabeled labels never leave this module. ``ImagesRead``
+counts what a stage loaded (``history.csv``), the record that every method of a
+comparison did the same work per step.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from harness.data import (
+    cycled_batches,
+    epoch_batches,
+    load_batches,
+)
+from harness.engine import distributed
+from harness.engine.context import Context
+from harness.method import Batch, Method, Stage
+from harness.seeding import torch_generator
+
+
+def steps_per_epoch(ctx: Context, stage: Stage) -> int:
+    """``schedule.<stage>.steps`` if set, else one pass over the stage's data (the pool,
+    for stages that draw from it). A set ``steps`` makes stages of different methods equally
+    long: the baseline's labeled-only fine-tune as long as the decoders' joint one."""
+    steps = ctx.cfg.schedule[stage.name].steps
+    if steps > 0:
+        return steps
+    if ctx.draws_pool(stage):
+        return math.ceil(len(ctx.split.unlabeled) / ctx.cfg.optim.unlabeled_batch_size)
+    return math.ceil(len(ctx.split.labeled) / ctx.cfg.optim.batch_size)
+
+
+def _epoch_indices(
+    ctx: Context, indices: np.ndarray, batch_size: int, stage: Stage, epoch: int
+) -> list[np.ndarray]:
+    """An epoch's batches of ``indices``: a shuffled pass, or exactly ``steps`` batches
+    cycled over fresh permutations when the stage sets ``steps``."""
+    seed = ctx.spec.train_seed
+    steps = ctx.cfg.schedule[stage.name].steps
+    if steps > 0:
+        cycled = cycled_batches(indices, batch_size, seed, stage.name, epoch)
+        batches = list(itertools.islice(cycled, steps))
+    else:
+        batches = epoch_batches(indices, batch_size, seed, stage.name, epoch)
+    return distributed.trim_for_world(batches, ctx.place)
+
+
+@dataclass
+class ImagesRead:
+    """Images a stage loaded in one epoch, by role (``history.csv``): the record that
+    every method of a comparison did the same work per step."""
+
+    labeled: int = 0
+    unlabeled: int = 0
+
+
+def stage_batches(
+    ctx: Context, method: Method, stage: Stage, epoch: int, read: ImagesRead | None = None
+) -> Iterator[Batch]:
+    """The batches of one epoch of ``stage``, a pure function of (seed, stage, epoch).
+
+    A stage that draws from the unlabeled pool iterates over the pool and cycles
+    the labeled subset beside it; unlabeled labels never leave this function.
+    Without a pool (every image labeled) such a stage gets the labeled batch alone.
+    Under DDP each rank loads its shard of every batch (``distributed.shard``) and
+    the batch carries the share that weights its gradient. ``read`` counts the
+    images loaded (whole batches, over all ranks).
+    """
+    seed = ctx.spec.train_seed
+    generator = torch_generator("augment", seed, stage.name, epoch)
+    train, cfg = ctx.dataset.train, ctx.cfg
+    read = read if read is not None else ImagesRead()
+
+    def load(batches: list[np.ndarray]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        shards = [distributed.shard(b, ctx.place) for b in batches]
+        return load_batches(train, shards, cfg.data.resize, cfg.data.num_workers, ctx.cuda)
+
+    def share(full: np.ndarray) -> float:
+        return ctx.place.size * len(distributed.shard(full, ctx.place)) / len(full)
+
+    if not ctx.draws_pool(stage):
+        batches = _epoch_indices(ctx, ctx.split.labeled, cfg.optim.batch_size, stage, epoch)
+        for full, (x, y) in zip(batches, load(batches), strict=True):
+            read.labeled += len(full)
+            x = ctx.prepare(x, generator, len(full))
+            if stage.labeled:
+                yield Batch(x=x, y=y.to(ctx.device, non_blocking=True), share=share(full))
+            else:  # a pool-only stage without a pool: the labeled images, labels hidden
+                rest = [ctx.prepare(x, generator, len(full)) for _ in range(method.views - 1)]
+                yield Batch(u=[x, *rest], share=share(full))
+        return
+    pool = _epoch_indices(ctx, ctx.split.unlabeled, cfg.optim.unlabeled_batch_size, stage, epoch)
+    labeled = None
+    if stage.labeled:
+        cycled = cycled_batches(
+            ctx.split.labeled, cfg.optim.batch_size, seed, stage.name, epoch, "x"
+        )
+        labeled = load(list(itertools.islice(cycled, len(pool))))
+    for full, (u, _hidden_labels) in zip(pool, load(pool), strict=True):
+        read.unlabeled += len(full)
+        views = [ctx.prepare(u, generator, len(full)) for _ in range(method.views)]
+        batch = Batch(u=views, share=share(full))
+        if labeled is not None:
+            x, y = next(labeled)
+            read.labeled += cfg.optim.batch_size
+            x = ctx.prepare(x, generator, cfg.optim.batch_size)
+            batch.x, batch.y = x, y.to(ctx.device, non_blocking=True)
+        yield batch
+    if labeled is not None:
+        next(labeled, None)  # runs the stream to its end, which frees an FFCV loader

@@ -1,0 +1,76 @@
+"""What every step of one run needs (``Context``: settings, data, split, device,
+and the rank under DDP), and the device a run trains on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig
+
+from harness.data import (
+    Dataset,
+    Split,
+    augment_batch,
+    normalize,
+)
+from harness.engine import distributed
+from harness.method import Stage
+from harness.plan import RunSpec
+
+
+def resolve_device(name: str) -> torch.device:
+    """cpu or cuda; under DDP, this process's own GPU (``LOCAL_RANK``)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda but torch sees no CUDA device")
+    if name == "cuda":
+        return torch.device("cuda", distributed.init_from_env(cuda=True).local_rank)
+    distributed.init_from_env(cuda=False)
+    return torch.device(name)
+
+
+@dataclass
+class Context:
+    """What every step of one run needs: settings, data, split, device."""
+
+    cfg: DictConfig
+    spec: RunSpec
+    dataset: Dataset
+    split: Split
+    device: torch.device
+    mean: torch.Tensor
+    std: torch.Tensor
+    place: distributed.World = distributed.World()
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def draws_pool(self, stage: Stage) -> bool:
+        """Whether ``stage`` draws a second batch from the unlabeled pool. With every
+        image labeled (the paper's ImageNet setting) there is no pool: a stage that
+        uses it reconstructs the labeled batch itself, as in the paper, and reads as
+        many images per step as the baseline."""
+        return stage.unlabeled and len(self.split.unlabeled) > 0
+
+    def prepare(
+        self, images: torch.Tensor, generator: torch.Generator, full: int | None = None
+    ) -> torch.Tensor:
+        """uint8 batch (this rank's shard of a ``full``-image batch) -> augmented,
+        normalized float batch on the device."""
+        images = images.to(self.device, non_blocking=True)
+        images = augment_batch(
+            images,
+            self.cfg.data.crop,
+            self.cfg.data.hflip,
+            generator,
+            full=full,
+            rank=self.place.rank,
+            world=self.place.size,
+        )
+        images = normalize(images, self.mean, self.std)
+        if self.cuda:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images

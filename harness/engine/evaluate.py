@@ -1,0 +1,147 @@
+"""Top-1 / top-5 error, single crop and dense, per the paper's protocol.
+
+Single crop: the image at ``resize`` (shorter side), its ``crop`` x ``crop``
+center. Dense: the whole ``resize`` x ``resize`` image through the fc layers
+applied as convolutions; softmax scores are averaged over positions. The paper
+(VGG-16 on ImageNet) uses resize 256 / crop 224; smaller suites scale both.
+Folder datasets are stored as their center ``resize`` square, so dense
+evaluation covers that square rather than the full non-square image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from harness.data import (
+    ImageSet,
+    center_crop,
+    center_crop_batches,
+    epoch_batches,
+    load_batches,
+    normalize,
+)
+from harness.engine import distributed
+from harness.engine.context import Context
+from harness.models import VGG
+from harness.store import RunRecord, targets_key, topk_key
+
+TOPK = 5  # the paper's second error column
+
+
+@torch.no_grad()
+def predict_topk(
+    model: VGG,
+    images: ImageSet,
+    indices: np.ndarray,
+    *,
+    dense: bool,
+    crop: int,
+    resize: int,
+    k: int,
+    batch_size: int,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    device: torch.device,
+    num_workers: int = 0,
+    channels_last: bool = False,
+) -> np.ndarray:
+    """The ``k`` highest-scoring classes of each image in ``indices``, best first: [N, k]."""
+    was_training = model.training
+    model.eval()
+    k = min(k, model.classifier[-1].out_features)
+    out = []
+    batches = epoch_batches(indices, batch_size, shuffle=False)
+    for x, _ in load_batches(images, batches, resize, num_workers):
+        x = x.to(device, non_blocking=True)
+        if not dense:
+            x = center_crop(x, crop)
+        x = normalize(x, mean, std)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if dense:
+            scores = F.softmax(model.dense_logits(x).float(), dim=1).mean(dim=(2, 3))
+        else:
+            scores = F.softmax(model(x).float(), dim=1)
+        out.append(scores.topk(k, dim=1).indices.cpu())
+    model.train(was_training)
+    dtype = np.int16 if k < 2**15 else np.int64
+    return torch.cat(out).numpy().astype(dtype) if out else np.empty((0, k), dtype)
+
+
+def error_rates(topk: np.ndarray, targets: np.ndarray) -> tuple[float, float]:
+    """(top-1 error %, top-k error %) of predictions ``topk`` [N, k] against ``targets``."""
+    hits = topk == targets[:, None]
+    return 100.0 * (1.0 - hits[:, 0].mean()), 100.0 * (1.0 - hits.any(axis=1).mean())
+
+
+def evaluate_split(ctx: Context, classifier: VGG, part: str, dense: bool) -> np.ndarray:
+    """Top-k of every image of ``part``, in order; under DDP each rank predicts every
+    world-th image and the rows are gathered, so each image counts exactly once."""
+    images = ctx.dataset.train if part == "train" else ctx.dataset.val
+    indices = ctx.split.labeled if part == "train" else np.arange(len(images))
+    cfg = ctx.cfg
+    local = predict_topk(
+        classifier,
+        images,
+        distributed.shard(indices, ctx.place),
+        dense=dense,
+        crop=cfg.data.crop,
+        resize=cfg.data.resize,
+        k=TOPK,
+        batch_size=cfg.eval.batch_size,
+        mean=ctx.mean,
+        std=ctx.std,
+        device=ctx.device,
+        num_workers=cfg.data.num_workers,
+        channels_last=ctx.cuda,
+    )
+    return distributed.gather_rows(local, len(indices), ctx.place)
+
+
+def final_metrics(ctx: Context, classifier: VGG, record: RunRecord) -> dict[str, float]:
+    """Top-1/top-k error on train (the labeled subset) and val, single crop, and on val
+    dense.
+
+    Every evaluation's per-example top-k goes to ``predictions.npz`` with the
+    targets, so the report can pair a method with the baseline image by image.
+    """
+    metrics: dict[str, float] = {}
+    targets = {
+        "val": ctx.dataset.val.targets,
+        "train": ctx.dataset.train.targets[ctx.split.labeled],
+    }
+    arrays = {targets_key(part): targets[part] for part in ("train", "val")}
+    # the paper's table: single crop on train and val, dense on val only (a dense pass
+    # over the training set would cost a whole epoch on ImageNet for nothing reported)
+    for dense, part in ((False, "train"), (False, "val"), (True, "val")):
+        prefix = "dense_" if dense else ""
+        topk = evaluate_split(ctx, classifier, part, dense)
+        top1, top5 = error_rates(topk, targets[part])
+        metrics[f"{prefix}top1_{part}"] = top1
+        metrics[f"{prefix}top5_{part}"] = top5
+        arrays[topk_key(part, dense)] = topk
+    if ctx.place.is_main:
+        record.write_predictions(arrays)
+    return metrics
+
+
+def val_crops(ctx: Context) -> Iterator[torch.Tensor]:
+    """The val set as normalized center crops, in eval-sized batches, on the device:
+    under DDP this rank's contiguous block of it (rank 0's holds the first images)."""
+    cfg, val = ctx.cfg, ctx.dataset.val
+    for x in center_crop_batches(
+        val,
+        distributed.block(np.arange(len(val)), ctx.place),
+        cfg.eval.batch_size,
+        cfg.data.resize,
+        cfg.data.crop,
+        ctx.mean,
+        ctx.std,
+        ctx.device,
+        cfg.data.num_workers,
+    ):
+        yield x.contiguous(memory_format=torch.channels_last) if ctx.cuda else x

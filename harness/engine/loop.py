@@ -1,0 +1,258 @@
+"""The training loop: one stage epoch by epoch (``run_stage``), one epoch step by step
+(``train_one_epoch``), and the optimizer, schedule and frozen parts they use.
+
+After every epoch the checkpoint holds the model, optimizer, scheduler, method
+state, every RNG state and the history rows, written atomically; the data order
+and augmentation of an epoch are seeded from (train seed, stage, epoch), and the
+global RNGs restart from a seed of (run, stage, epoch). A run killed at any
+moment and started again therefore ends bit-identical on CPU. A loss term that is
+NaN or infinite fails the run at once (``NonFiniteLoss``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any
+
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from harness.engine import distributed
+from harness.engine.batches import ImagesRead, stage_batches, steps_per_epoch
+from harness.engine.checkpoint import checkpoint_state, save_checkpoint
+from harness.engine.context import Context
+from harness.engine.evaluate import error_rates, evaluate_split
+from harness.method import Batch, Method, Stage
+from harness.models import classifier_of
+from harness.seeding import seed_everything, set_rng_state
+from harness.store import RunRecord
+
+if TYPE_CHECKING:
+    from harness.engine.lifecycle import Clock
+
+
+class StageLoss(torch.nn.Module):
+    """A method's loss in one stage as a module's forward, so DistributedDataParallel can
+    wrap it: methods call the model's parts (encoder, decoder) directly, which DDP
+    would not see if it wrapped the model alone."""
+
+    def __init__(self, model: torch.nn.Module, method: Method, stage: Stage):
+        super().__init__()
+        self.model, self.method, self.stage = model, method, stage
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return self.method.loss(self.model, self.stage, batch)
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss term went NaN or infinite: the run fails at once (a run that trained on
+    NaN would otherwise end "done" with chance-level error). ``details`` goes into
+    ``failed.json``."""
+
+    def __init__(self, step: int, terms: dict[str, float]):
+        # "nan", "inf" as text: failed.json stays valid JSON
+        shown_terms = {k: v if math.isfinite(v) else str(v) for k, v in terms.items()}
+        self.details: dict[str, Any] = {"step": step, "loss": shown_terms}
+        shown = ", ".join(f"{k}={v!r}" for k, v in terms.items())
+        super().__init__(f"non-finite loss at step {step}: {shown}")
+
+
+def _finite_flag(loss: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """Whether ``loss`` is finite, as a CPU tensor filled asynchronously on CUDA, and
+    the event that says when it is filled (None on the CPU)."""
+    finite = torch.isfinite(loss.detach())
+    if finite.device.type != "cuda":
+        return finite, None
+    finite = finite.to("cpu", non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return finite, event
+
+
+def _check_finite(pending: tuple[int, dict[str, torch.Tensor], torch.Tensor, Any] | None) -> None:
+    """Raise if the loss of an earlier step (``pending``: step, terms, finite flag and
+    its event) was not finite. The flag is read a step late, waiting only for the
+    work queued before it, so the check never drains a GPU's queue."""
+    if pending is None:
+        return
+    step, terms, finite, event = pending
+    if event is not None:
+        event.synchronize()
+    if not bool(finite):
+        raise NonFiniteLoss(step, {k: float(v) for k, v in terms.items()})
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    method: Method,
+    stage: Stage,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    batches: Iterator[Batch],
+    *,
+    amp: bool,
+    grad_clip: float,
+    progress: tqdm | None = None,
+    loss_module: torch.nn.Module | None = None,
+) -> dict[str, float]:
+    """One pass over ``batches``; returns the mean of each loss term (this rank's).
+    Raises ``NonFiniteLoss`` (numbering steps from 1) where a loss is NaN or infinite."""
+    loss_module = loss_module or StageLoss(model, method, stage)
+    model.train()
+    logged: list[dict[str, torch.Tensor]] = []
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    device_type = next(model.parameters()).device.type
+    pending = None
+    for step, batch in enumerate(batches, start=1):
+        autocast = torch.autocast(device_type, dtype=torch.bfloat16) if amp else nullcontext()
+        with autocast:
+            terms = loss_module(batch)
+        loss = sum(terms.values())
+        detached = {key: value.detach() for key, value in terms.items()}
+        finite, event = _finite_flag(loss)
+        _check_finite(pending)
+        pending = (step, detached, finite, event)
+        if batch.share != 1.0:
+            loss = loss * batch.share
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+        scheduler.step()
+        method.after_step(model, stage)
+        logged.append(detached)
+        if progress is not None:
+            progress.update(1)
+    _check_finite(pending)
+    # reduced once per epoch: no device sync (and no extra op) per step
+    return {
+        key: torch.stack([t[key] for t in logged]).float().mean().item()
+        for key in (logged[0] if logged else {})
+    }
+
+
+def make_optimizer(cfg: DictConfig, params: Any, lr: float) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if cfg.optim.name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.optim.weight_decay)
+    return torch.optim.SGD(
+        params, lr=lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
+    )
+
+
+def make_scheduler(
+    cfg: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step LR factor: cosine from 1 to 0 over the stage, or constant."""
+    if cfg.optim.lr_schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    total = max(total_steps, 1)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    )
+
+
+def set_trainable(model: torch.nn.Module, method: Method, stage: Stage) -> list[torch.nn.Parameter]:
+    """Freeze everything but the stage's parameter group; return that group."""
+    trainable = list(method.parameters(model, stage))
+    chosen = {id(p) for p in trainable}
+    for param in model.parameters():
+        param.requires_grad_(id(param) in chosen)
+    return trainable
+
+
+def run_stage(
+    ctx: Context,
+    record: RunRecord,
+    model: torch.nn.Module,
+    method: Method,
+    index: int,
+    stage: Stage,
+    resume: dict[str, Any] | None,
+    history: list[dict[str, Any]],
+    clock: Clock,
+) -> None:
+    cfg, spec = ctx.cfg, ctx.spec
+    schedule = cfg.schedule[stage.name]
+    if schedule.epochs == 0:
+        return
+    params = set_trainable(model, method, stage)
+    optimizer = make_optimizer(cfg, params, schedule.lr)
+    per_epoch = steps_per_epoch(ctx, stage)
+    scheduler = make_scheduler(cfg, optimizer, per_epoch * schedule.epochs)
+    first_epoch = 0
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        set_rng_state(resume["rng"])
+        first_epoch = resume["epoch"]
+    classifier = classifier_of(model)
+    # a stage that trains only other parts (a decoder) cannot change val error
+    classifier_trains = any(p.requires_grad for p in classifier.parameters())
+    loss_module: torch.nn.Module = StageLoss(model, method, stage)
+    if ctx.place.active:
+        devices = [ctx.device.index] if ctx.cuda else None
+        loss_module = torch.nn.parallel.DistributedDataParallel(loss_module, device_ids=devices)
+    main = ctx.place.is_main
+    bar = tqdm(
+        total=per_epoch * schedule.epochs,
+        initial=per_epoch * first_epoch,
+        desc=f"{spec.describe()} [{stage.name}]",
+        unit="step",
+        leave=False,
+        disable=not cfg.progress or not main,
+        dynamic_ncols=True,
+    )
+    for epoch in range(first_epoch, schedule.epochs):
+        # Global RNG streams (dropout, a method's own draws) restart from a seed of
+        # (run, stage, epoch): an epoch computes the same whatever ran before it.
+        # Under DDP each rank draws its own dropout masks.
+        rank = (ctx.place.rank,) if ctx.place.active else ()
+        seed_everything("epoch", spec.train_seed, stage.name, epoch, *rank)
+        tic = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        read = ImagesRead()
+        try:
+            terms = train_one_epoch(
+                model,
+                method,
+                stage,
+                optimizer,
+                scheduler,
+                stage_batches(ctx, method, stage, epoch, read),
+                amp=ctx.cuda,
+                grad_clip=cfg.optim.grad_clip,
+                progress=bar,
+                loss_module=loss_module,
+            )
+        except NonFiniteLoss as error:
+            error.details = {"stage": stage.name, "epoch": epoch + 1, **error.details}
+            raise
+        terms = distributed.mean_over_ranks(terms, ctx.place)
+        row: dict[str, Any] = {"stage": stage.name, "epoch": epoch + 1, "lr": lr}
+        row |= {"images_labeled": read.labeled, "images_unlabeled": read.unlabeled}
+        row |= {f"loss_{key}": value for key, value in terms.items()}
+        last = epoch + 1 == schedule.epochs
+        every = schedule.eval_every or cfg.eval.every
+        if classifier_trains and ((epoch + 1) % every == 0 or last):
+            top1, top5 = error_rates(
+                evaluate_split(ctx, classifier, "val", dense=False), ctx.dataset.val.targets
+            )
+            row |= {"top1_val": top1, "top5_val": top5}
+            bar.set_postfix(loss=f"{sum(terms.values()):.3f}", val_top1=f"{top1:.1f}")
+        row["seconds"] = round(time.perf_counter() - tic, 3)
+        history.append(row)
+        if main:
+            save_checkpoint(
+                record,
+                checkpoint_state(
+                    model, method, index, epoch + 1, optimizer, scheduler, history, clock.total()
+                ),
+            )
+            record.write_history(history)
+    bar.close()

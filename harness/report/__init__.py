@@ -1,0 +1,12 @@
+"""The report: tables, tests and figures from stored run records, never from logs.
+
+``data`` (records -> one DataFrame), ``stats`` (the tests), ``compare`` (every
+method against the baseline), ``tables`` (Markdown and LaTeX), ``plots``
+(seaborn figures), ``build`` (writes the report folder). Importing it loads no
+torch and no model: it reads only the store. ``python -m harness.report`` is
+``harness/report/__main__.py``.
+"""
+
+from harness.report.build import Report, build_report, print_report
+
+__all__ = ["Report", "build_report", "print_report"]

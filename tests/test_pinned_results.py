@@ -1,0 +1,76 @@
+"""Results pinned across the engine redesign (issue 14): same run ids, same numbers.
+
+``tests/data/pinned_results.json`` holds what the harness before the redesign
+(its commit is in the file) gave: the run ids of the digits default and of the
+Fashion-MNIST reference suite, and the ``metrics.json`` of the digits default's
+first run and of a short Fashion-MNIST ``swwae_first`` run (with the baseline it
+starts from), at one thread. A refactor that changes a run id orphans every
+stored result of that run; one that changes a number changes the science.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from conftest import needs_fashion_mnist, run_cli
+
+PINNED = json.loads((Path(__file__).parent / "data" / "pinned_results.json").read_text())
+FASHION_SHORT = [
+    "suite=fashion_mnist",
+    "methods=[swwae_first]",
+    "labels=[100]",
+    "seeds=[0]",
+    "progress=false",
+    "schedule.pretrain.epochs=3",
+    "schedule.pretrain.steps=5",
+    "schedule.pretrain.eval_every=3",
+    "schedule.decoder_layerwise.epochs=1",
+    "schedule.decoder_layerwise.steps=5",
+    "schedule.decoder_topdown.epochs=1",
+    "schedule.decoder_topdown.steps=5",
+    "schedule.finetune.epochs=1",
+    "schedule.finetune.steps=5",
+]
+
+
+def _planned_ids(*argv: str) -> dict[str, str]:
+    """``dry_run=true``'s table as {"method labels=L seed=S": run id}."""
+    result = run_cli(*argv, "dry_run=true")
+    assert result.returncode == 0, result.stderr
+    ids = {}
+    for line in result.stdout.splitlines():
+        cells = [cell.strip() for cell in line.split("|")]
+        if len(cells) > 5 and re.fullmatch(r"[0-9a-f]{12}", cells[1]):
+            ids[f"{cells[2]} labels={cells[3]} seed={cells[4]}"] = cells[1]
+    return ids
+
+
+def _metrics(root: Path, suite: str) -> dict[str, dict]:
+    found = {}
+    for path in sorted((root / suite).glob("*/metrics.json")):
+        metrics = json.loads(path.read_text())
+        metrics.pop("seconds")  # wall time, the one thing allowed to differ
+        found[f"{suite}/{path.parent.name}"] = metrics
+    return found
+
+
+def test_the_digits_default_keeps_its_run_ids_and_numbers(tmp_path):
+    assert _planned_ids(f"results={tmp_path}") == PINNED["digits_default_ids"]
+    result = run_cli(
+        "methods=[baseline]", "labels=[100]", "seeds=[0]", "progress=false", f"results={tmp_path}"
+    )
+    assert result.returncode == 0, result.stderr
+    pinned = {k: v for k, v in PINNED["runs"].items() if k.startswith("digits/")}
+    assert _metrics(tmp_path, "digits") == pinned  # bit-identical floats
+
+
+@needs_fashion_mnist
+def test_fashion_mnist_keeps_its_reference_run_ids_and_a_decoding_runs_numbers(tmp_path):
+    reference = ["suite=fashion_mnist", "methods=all", "labels=[100,1000]", "seeds=[0,1,2]"]
+    assert _planned_ids(*reference, f"results={tmp_path}") == PINNED["fashion_mnist_reference_ids"]
+    result = run_cli(*FASHION_SHORT, f"results={tmp_path}", timeout=600)
+    assert result.returncode == 0, result.stderr
+    pinned = {k: v for k, v in PINNED["runs"].items() if k.startswith("fashion_mnist/")}
+    assert _metrics(tmp_path, "fashion_mnist") == pinned
