@@ -39,8 +39,9 @@ sys.path.insert(0, str(REPO))
 
 from harness.data import augment_batch, epoch_batches, load_batches  # noqa: E402
 from harness.data.datasets import ImageSet  # noqa: E402
+from harness.data.files import scan_folder  # noqa: E402
 from harness.data.loaders import ffcv_batches  # noqa: E402
-from harness.data.prepare import make_demo_folder, prepare_imagenet, scan_folder  # noqa: E402
+from harness.data.prepare import make_demo_folder, prepare_imagenet  # noqa: E402
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IMAGENET_TRAIN = 1_281_167

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.errors import UsageError
+from harness.errors import UsageError, unknown
 
 HELP_FLAGS = ("-h", "--help")
 
@@ -30,6 +31,15 @@ def key_values(argv: list[str]) -> list[tuple[str, str]]:
             raise UsageError(f"argument {arg!r} is not of the form key=value")
         pairs.append((key, value))
     return pairs
+
+
+def typed_keys(argv: list[str], allowed: dict[str, type], command: str) -> dict[str, Any]:
+    """``argv`` as this command's keys only (typed by ``allowed``); any other key is a
+    UsageError listing the valid ones."""
+    own, rest = own_keys(argv, allowed, command)
+    if rest:
+        raise unknown(f"key of {command}", rest[0].partition("=")[0], allowed)
+    return own
 
 
 def own_keys(
@@ -62,7 +72,7 @@ class Command:
     schema: Callable[[], type] | None = None
 
     def help_text(self) -> str:
-        lines = [f"usage: {self.usage}", "", self.summary.strip(), ""]
+        lines = [f"usage: {self.usage}", "", textwrap.fill(self.summary.strip(), 88), ""]
         if self.keys:
             lines.append("keys:")
             width = max(len(key) for key, _ in self.keys)

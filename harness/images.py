@@ -1,4 +1,5 @@
-"""Picture grids as PNG (reconstructions beside originals), written atomically."""
+"""Picture grids as PNG, written atomically: rows of images, e.g. a model's outputs
+under its inputs (a method's pictures)."""
 
 from __future__ import annotations
 

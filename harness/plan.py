@@ -145,9 +145,9 @@ def _run_spec(
 def make_plan(cfg: DictConfig) -> list[RunSpec]:
     """Every run of the suite, each after the runs it depends on.
 
-    A method whose stage starts from another method's run (the decoding
-    pathways start from the baseline's ``pretrain``) pulls that run into the
-    plan even when its method was not asked for.
+    A method whose stage starts from another method's run (``Stage.starts_from``,
+    e.g. a method that starts from the baseline's ``pretrain``) pulls that run into
+    the plan even when its method was not asked for.
     """
     budgets = [budget_key(b) for b in cfg.labels]
     if len(set(budgets)) != len(budgets):

@@ -30,7 +30,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 from tabulate import tabulate
 
-from harness.config import load_config
+from harness.cli import Command, run_command
+from harness.config import load_config, suite_schema
 from harness.errors import UsageError
 from harness.launch.slurm import (
     RUNNING_STATES,
@@ -188,16 +189,23 @@ def render(states: list[RunState]) -> str:
     return "\n".join(lines)
 
 
+COMMAND = Command(
+    usage="python -m harness.status [suite=NAME] [key=value ...]",
+    summary="Where each run of a suite's plan stands (done, running, failed, queued on "
+    "SLURM, ...), with the epoch it reached and the first lines of its error; the same keys "
+    "as harness.run give the same runs. Reads only; writes nothing.",
+    keys=[("suite=digits", "a suite in suites/ or a path to a YAML file of your own")],
+    schema=suite_schema,
+)
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        cfg = load_config(argv)
-        plan = make_plan(cfg)
-        states = run_states(cfg, plan)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(render(states))
+    return run_command(COMMAND, _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    cfg = load_config(argv)
+    print(render(run_states(cfg, make_plan(cfg))))
     return 0
 
 

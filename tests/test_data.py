@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from harness.data import augment_batch, center_crop, cycled_batches, load_batches, load_dataset
-from harness.data.datasets import read_idx
+from harness.data.files import read_idx
 from harness.errors import UsageError
 from tests.conftest import FASHION_MNIST, needs_fashion_mnist
 

@@ -2,10 +2,11 @@
 
 A family declares its section in ``methods/<family>/settings.py``::
 
-    @register_settings("decoding", id_exclude=("samples",))
+    @register_settings("teacher", id_exclude=("plot_every",))
     @dataclass
-    class DecodingSettings:
-        weights: list[float] = ...
+    class TeacherSettings:
+        ema_decay: float = 0.999
+        plot_every: int = 10            # pictures only: never in a run id
         def __post_init__(self): ...   # range checks: raise UsageError
 
 The engine merges the section into the suite schema (defaults and OmegaConf's

@@ -9,9 +9,7 @@ batch, so a dataset here is a pure function of its files and ``resize``.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
@@ -24,6 +22,14 @@ from omegaconf import DictConfig
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from harness.data.files import (
+    FASHION_MNIST_CLASSES,
+    check_same_classes,
+    idx_file,
+    read_idx,
+    read_manifest,
+    scan_folder,
+)
 from harness.errors import UsageError, unknown
 
 
@@ -134,7 +140,7 @@ def load_digits(args: _Args) -> Dataset:
     There is no official split: every 4th image (index % 4 == 3) is val, a fixed
     rule that needs no RNG and keeps classes balanced.
     """
-    from sklearn.datasets import load_digits as sklearn_digits
+    from sklearn.datasets import load_digits as sklearn_digits  # heavy: the digits set alone
 
     bunch = sklearn_digits()
     pixels = torch.from_numpy((bunch.images * (255.0 / 16.0)).round().astype(np.uint8))
@@ -147,50 +153,6 @@ def load_digits(args: _Args) -> Dataset:
 
 
 FASHION_MNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_CLASSES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (the MNIST format), gzipped or not, as a uint8 array."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as handle:
-            raw = handle.read()
-    except (OSError, EOFError) as error:
-        raise UsageError(f"cannot read {str(path)!r}: {error}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise UsageError(f"{str(path)!r} is not an IDX file of unsigned bytes")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = int(np.prod(shape))
-    if len(raw) - header != expected:
-        raise UsageError(
-            f"{str(path)!r} is truncated or corrupt: header says {shape} "
-            f"({expected} bytes), file holds {len(raw) - header}"
-        )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
-
-
-def _idx_file(root: Path, stem: str) -> Path:
-    for candidate in (root / f"{stem}.gz", root / stem):
-        if candidate.is_file():
-            return candidate
-    raise UsageError(
-        f"data.path {str(root)!r} has no {stem}(.gz); "
-        "install Debian's dataset-fashion-mnist or point data.path at the idx files"
-    )
 
 
 @register_dataset("fashion_mnist")
@@ -201,8 +163,8 @@ def load_fashion_mnist(args: _Args) -> Dataset:
         raise UsageError(f"data.path {str(root)!r} does not exist (dataset fashion_mnist)")
     parts = {}
     for part, prefix in (("train", "train"), ("val", "t10k")):
-        images = read_idx(_idx_file(root, f"{prefix}-images-idx3-ubyte"))
-        labels = read_idx(_idx_file(root, f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
+        images = read_idx(idx_file(root, f"{prefix}-images-idx3-ubyte"))
+        labels = read_idx(idx_file(root, f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise UsageError(
                 f"fashion_mnist {part} files under {str(root)!r} disagree: "
@@ -248,20 +210,10 @@ def _scan_folder(root: Path, part: str) -> tuple[tuple[str, ...], list[str], lis
     return classes, files, targets
 
 
-def check_same_classes(root: Path, train: tuple[str, ...], val: tuple[str, ...]) -> None:
-    """``root/train`` and ``root/val`` must hold the same class folders (a label is an
-    index into them)."""
-    if train != val:
-        raise UsageError(
-            f"class folders of {str(root / 'val')!r} differ from train/: "
-            f"{sorted(set(val) ^ set(train))[:10]}"
-        )
-
-
 def decode_square(path: str, size: int) -> torch.Tensor:
     """One image file -> uint8 [3, size, size]: the center square of its shorter side,
     resized to ``size`` (bilinear, antialiased). Cropping before resizing, as FFCV's
-    center-crop decoder does, keeps the two loaders' pixels aligned to the pixel."""
+    CenterCropRGBImageDecoder does, keeps the two loaders' pixels aligned to the pixel."""
     with Image.open(path) as image:
         image = image.convert("RGB")
         width, height = image.size
@@ -307,8 +259,6 @@ def load_imagenet(args: _Args) -> Dataset:
                 "(write them with `python -m harness.data.prepare imagenet root=... out=...`), "
                 "or data.loader=torchvision with data.path=<ImageNet folder>"
             )
-        from harness.data.prepare import read_manifest
-
         parts, classes = {}, None
         for part in ("train", "val"):
             beton = Path(args.beton) / f"{part}.beton"
@@ -340,8 +290,6 @@ def load_imagenet(args: _Args) -> Dataset:
             "dataset imagenet needs data.path=<folder with train/<wnid>/ and val/<wnid>/> "
             "(data.loader=torchvision), or data.beton=<folder of .beton files> (data.loader=ffcv)"
         )
-    from harness.data.prepare import scan_folder
-
     root = Path(args.path)
     if not root.is_dir():
         raise UsageError(f"data.path {str(root)!r} does not exist (dataset imagenet)")

@@ -7,7 +7,7 @@ rival the network's arithmetic); folder sets decode per item through a torch
 DataLoader with workers (PIL); FFCV sets are read from their ``.beton`` by an
 FFCV ``Loader`` given exactly those indices in that order (``indices=`` with
 sequential order: the harness's seeded order is the explicit seed), so the two
-file paths see the same batches and differ only in decoding. Random crops and
+file paths see the same batches and differ only in JPEG decompression. Random crops and
 flips are applied to whole batches on the device by ``augment_batch``, with a
 generator the trainer seeds.
 """
@@ -77,6 +77,7 @@ _IDLE_FFCV_LOADERS: dict[tuple[str, int, int, int], list[Any]] = {}
 
 
 def _ffcv_loader(beton: str, batch_size: int, resize: int, threads: int) -> Any:
+    # ffcv is an optional extra ([ffcv]): imported where a beton is read
     from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder
     from ffcv.loader import Loader, OrderOption
     from ffcv.transforms import ToTensor

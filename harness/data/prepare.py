@@ -8,7 +8,7 @@ torchvision's ImageFolder (so classes and files come in exactly the order the
 ``loader=torchvision`` path reads them, and a split's indices mean the same image
 on both paths) and writes, per part, ``<part>.beton`` (JPEG images with their
 shorter side resized down to ``short_side``, 256 by default: the 256/224 pipeline
-reads nothing finer, and decoding a 256-px image instead of a ~500-px one is what
+reads nothing finer, and decompressing a 256-px JPEG instead of a ~500-px one is what
 makes loading fast; and int labels) and ``<part>.json`` (classes, the
 files in order, the settings, the beton's size). Each is written to a temporary
 file and renamed into place, the manifest last, and the reader checks the
@@ -25,56 +25,30 @@ on any CPU in seconds.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from harness.cli import Command, run_command, typed_keys
+from harness.data.files import (
+    FASHION_MNIST_CLASSES,
+    FolderScan,
+    check_same_classes,
+    idx_file,
+    read_idx,
+    read_manifest,
+    scan_folder,
+)
 from harness.errors import UsageError, unknown
 from harness.store import atomic_write_bytes
 
 PARTS = ("train", "val")
-
-
-@dataclass(frozen=True)
-class FolderScan:
-    """One part of an ImageNet-layout folder, in torchvision ImageFolder's order."""
-
-    classes: tuple[str, ...]
-    files: tuple[str, ...]  # absolute paths
-    targets: np.ndarray  # int64
-
-    def relative(self, root: Path) -> list[str]:
-        return [os.path.relpath(path, root) for path in self.files]
-
-
-def scan_folder(directory: Path) -> FolderScan:
-    """``directory/<class>/*`` as torchvision's ImageFolder sees it (sorted classes and
-    files, its image extensions), without opening any image: at 1.28M files that
-    would take longer than an epoch. Bad images surface when they are decoded."""
-    from harness._torchvision_compat import import_torchvision
-
-    folder = import_torchvision().datasets.folder
-    if not directory.is_dir():
-        raise UsageError(f"{str(directory)!r} does not exist (expected <class>/<image> folders)")
-    try:
-        classes, class_to_idx = folder.find_classes(str(directory))
-    except FileNotFoundError as error:
-        raise UsageError(f"{str(directory)!r}: {error}") from None
-    try:
-        samples = folder.make_dataset(
-            str(directory), class_to_idx, extensions=folder.IMG_EXTENSIONS
-        )
-    except FileNotFoundError as error:
-        raise UsageError(f"{str(directory)!r}: {error}") from None
-    files = tuple(path for path, _ in samples)
-    targets = np.fromiter((label for _, label in samples), dtype=np.int64, count=len(samples))
-    return FolderScan(tuple(classes), files, targets)
 
 
 class _DecodedImages:
@@ -118,29 +92,6 @@ def _files_hash(files: list[str]) -> str:
     return hashlib.sha256("\n".join(files).encode()).hexdigest()[:16]
 
 
-def read_manifest(beton: Path) -> dict[str, Any]:
-    """The manifest beside ``<part>.beton``, checked against the beton; UsageError if the
-    pair is missing, unreadable or cut short."""
-    manifest = beton.with_suffix(".json")
-    hint = "write it with `python -m harness.data.prepare imagenet root=... out=...`"
-    if not beton.is_file() or not manifest.is_file():
-        missing = beton if not beton.is_file() else manifest
-        raise UsageError(f"{str(missing)!r} does not exist; {hint}")
-    try:
-        meta = json.loads(manifest.read_text())
-        size, files, classes = meta["beton_bytes"], meta["files"], meta["classes"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise UsageError(f"manifest {str(manifest)!r} is unreadable ({error}); {hint}") from None
-    if beton.stat().st_size != size:
-        raise UsageError(
-            f"{str(beton)!r} holds {beton.stat().st_size} bytes but its manifest says {size} "
-            f"(a write was cut short or the file changed); {hint}"
-        )
-    if not isinstance(files, list) or not isinstance(classes, list):
-        raise UsageError(f"manifest {str(manifest)!r} is malformed; {hint}")
-    return meta
-
-
 def write_part(
     scan: FolderScan,
     root: Path,
@@ -154,8 +105,8 @@ def write_part(
     workers: int,
 ) -> bool:
     """Write ``out/<part>.beton`` and its manifest; False if they were already up to date."""
-    from ffcv.fields import IntField, RGBImageField
-    from ffcv.writer import DatasetWriter
+    from ffcv.fields import IntField, RGBImageField  # an optional extra ([ffcv])
+    from ffcv.writer import DatasetWriter  # an optional extra ([ffcv])
 
     relative = scan.relative(root / part)
     settings = _settings(short_side, max_resolution, jpeg_quality, write_mode)
@@ -214,14 +165,12 @@ def prepare_imagenet(
 ) -> list[Path]:
     """Both parts' betons (see the module docstring); returns the paths written or kept."""
     try:
-        import ffcv  # noqa: F401
+        import ffcv  # noqa: F401 - an optional extra ([ffcv]): is it installed?
     except ImportError:
         raise UsageError(
             "writing .beton files needs ffcv: pip install -e '.[ffcv]' (Debian: "
             "pkg-config libturbojpeg0-dev libopencv-dev first)"
         ) from None
-    from harness.data.datasets import check_same_classes
-
     scans = {part: scan_folder(root / part) for part in parts}  # all checks before any write
     if len(parts) == 2:
         check_same_classes(root, scans["train"].classes, scans["val"].classes)
@@ -258,16 +207,14 @@ def make_demo_folder(
     """Fashion-MNIST's first ``classes`` classes as RGB JPEGs in the ImageNet layout
     (``train/<class>/<class>_<n>.JPEG`` from its train set, ``val/`` from its test set),
     upsampled to ``width`` x ``height`` so the shorter-side resize and center crop matter."""
-    from harness.data.datasets import FASHION_MNIST_CLASSES, _idx_file, read_idx
-
     if not 1 <= classes <= 10:
         raise UsageError(f"classes={classes} must lie in 1..10 (Fashion-MNIST has 10)")
     for part, prefix, per_class in (
         ("train", "train", train_per_class),
         ("val", "t10k", val_per_class),
     ):
-        images = read_idx(_idx_file(source, f"{prefix}-images-idx3-ubyte"))
-        labels = read_idx(_idx_file(source, f"{prefix}-labels-idx1-ubyte"))
+        images = read_idx(idx_file(source, f"{prefix}-images-idx3-ubyte"))
+        labels = read_idx(idx_file(source, f"{prefix}-labels-idx1-ubyte"))
         for label in range(classes):
             name = f"n{label:08d}"  # a WordNet-id-like folder name
             folder = out / part / name
@@ -288,8 +235,6 @@ def make_demo_folder(
 
 
 def _jpeg(image: Image.Image) -> bytes:
-    import io
-
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=95)
     return buffer.getvalue()
@@ -303,80 +248,69 @@ COMMANDS = {
 }
 
 
-def _arguments(argv: list[str], allowed: dict[str, type]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep:
-            raise UsageError(f"argument {arg!r} is not of the form key=value")
-        if key not in allowed:
-            raise unknown("key", key, allowed)
-        try:
-            values[key] = allowed[key](value)
-        except ValueError:
-            raise UsageError(f"{key}={value!r} is not a valid {allowed[key].__name__}") from None
-    return values
+IMAGENET_KEYS = {
+    "root": Path,
+    "out": Path,
+    "short_side": int,
+    "max_resolution": int,
+    "jpeg_quality": int,
+    "write_mode": str,
+    "workers": int,
+    "parts": str,
+}
+DEMO_KEYS = {
+    "out": Path,
+    "source": Path,
+    "classes": int,
+    "train_per_class": int,
+    "val_per_class": int,
+    "width": int,
+    "height": int,
+}
+COMMAND = Command(
+    usage="python -m harness.data.prepare imagenet|demo key=value ...",
+    summary="imagenet: write <out>/train.beton and val.beton (FFCV) with their manifests from "
+    "an ImageNet-layout folder (root/train/<wnid>/*, root/val/<wnid>/*); parts already up to "
+    "date are skipped. demo: a small real JPEG folder in that layout from Fashion-MNIST.",
+    keys=[(f"prepare {name}", keys) for name, keys in COMMANDS.items()],
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        if not argv or argv[0] not in COMMANDS:
-            raise unknown("command", argv[0] if argv else "(none)", COMMANDS)
-        command, rest = argv[0], argv[1:]
-        if command == "imagenet":
-            args = _arguments(
-                rest,
-                {
-                    "root": Path,
-                    "out": Path,
-                    "short_side": int,
-                    "max_resolution": int,
-                    "jpeg_quality": int,
-                    "write_mode": str,
-                    "workers": int,
-                    "parts": str,
-                },
-            )
-            for key in ("root", "out"):
-                if key not in args:
-                    raise UsageError(f"prepare imagenet needs {key}=DIR: {COMMANDS['imagenet']}")
-            parts = tuple(p for p in args.pop("parts", "train,val").split(",") if p)
-            for part in parts:
-                if part not in PARTS:
-                    raise unknown("part", part, PARTS)
-            if args.get("write_mode", "jpg") not in ("jpg", "raw", "smart"):
-                raise unknown("write_mode", args["write_mode"], ("jpg", "raw", "smart"))
-            if not 1 <= args.get("jpeg_quality", 90) <= 100:
-                raise UsageError(f"jpeg_quality={args['jpeg_quality']} must lie in 1..100")
-            for key in ("short_side", "max_resolution"):
-                if args.get(key, 0) < 0:
-                    raise UsageError(f"{key} must be >= 0 (0: no limit)")
-            root, out = args.pop("root"), args.pop("out")
-            for path in prepare_imagenet(root, out, parts=parts, **args):
-                print(path)
-        else:
-            args = _arguments(
-                rest,
-                {
-                    "out": Path,
-                    "source": Path,
-                    "classes": int,
-                    "train_per_class": int,
-                    "val_per_class": int,
-                    "width": int,
-                    "height": int,
-                },
-            )
-            if "out" not in args:
-                raise UsageError(f"prepare demo needs out=DIR: {COMMANDS['demo']}")
-            source = args.pop("source", Path("/usr/share/datasets/fashion-mnist"))
-            out = args.pop("out")
-            make_demo_folder(out, source, **args)
-            print(out)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return run_command(COMMAND, _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    if not argv or argv[0] not in COMMANDS:
+        raise unknown("command", argv[0] if argv else "(none)", COMMANDS)
+    command, rest = argv[0], argv[1:]
+    if command == "imagenet":
+        args = typed_keys(rest, IMAGENET_KEYS, "prepare imagenet")
+        for key in ("root", "out"):
+            if key not in args:
+                raise UsageError(f"prepare imagenet needs {key}=DIR: {COMMANDS['imagenet']}")
+        parts = tuple(p for p in args.pop("parts", "train,val").split(",") if p)
+        for part in parts:
+            if part not in PARTS:
+                raise unknown("part", part, PARTS)
+        if args.get("write_mode", "jpg") not in ("jpg", "raw", "smart"):
+            raise unknown("write_mode", args["write_mode"], ("jpg", "raw", "smart"))
+        if not 1 <= args.get("jpeg_quality", 90) <= 100:
+            raise UsageError(f"jpeg_quality={args['jpeg_quality']} must lie in 1..100")
+        for key in ("short_side", "max_resolution"):
+            if args.get(key, 0) < 0:
+                raise UsageError(f"{key} must be >= 0 (0: no limit)")
+        root, out = args.pop("root"), args.pop("out")
+        for path in prepare_imagenet(root, out, parts=parts, **args):
+            print(path)
+        return 0
+    args = typed_keys(rest, DEMO_KEYS, "prepare demo")
+    if "out" not in args:
+        raise UsageError(f"prepare demo needs out=DIR: {COMMANDS['demo']}")
+    source = args.pop("source", Path("/usr/share/datasets/fashion-mnist"))
+    out = args.pop("out")
+    make_demo_folder(out, source, **args)
+    print(out)
     return 0
 
 

@@ -30,7 +30,7 @@ from harness.seeding import torch_generator
 def steps_per_epoch(ctx: Context, stage: Stage) -> int:
     """``schedule.<stage>.steps`` if set, else one pass over the stage's data (the pool,
     for stages that draw from it). A set ``steps`` makes stages of different methods equally
-    long: the baseline's labeled-only fine-tune as long as the decoders' joint one."""
+    long: the baseline's labeled-only fine-tune as long as a method's joint one."""
     steps = ctx.cfg.schedule[stage.name].steps
     if steps > 0:
         return steps

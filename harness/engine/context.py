@@ -51,7 +51,7 @@ class Context:
     def draws_pool(self, stage: Stage) -> bool:
         """Whether ``stage`` draws a second batch from the unlabeled pool. With every
         image labeled (the paper's ImageNet setting) there is no pool: a stage that
-        uses it reconstructs the labeled batch itself, as in the paper, and reads as
+        uses it gets the labeled batch (labels hidden where it wants only images), and reads as
         many images per step as the baseline."""
         return stage.unlabeled and len(self.split.unlabeled) > 0
 
