@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from harness.config import load_config  # noqa: E402
 from harness.data import Dataset, ImageSet, center_crop, load_dataset, normalize  # noqa: E402
-from harness.engine.lifecycle import make_optimizer, make_scheduler, set_trainable, train_one_epoch  # noqa: E402
+from harness.engine.loop import make_optimizer, make_scheduler, set_trainable, train_one_epoch  # noqa: E402
 from harness.method import Batch, available_methods, get_method  # noqa: E402
 from harness.models import build_encoder  # noqa: E402
 

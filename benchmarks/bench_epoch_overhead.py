@@ -31,7 +31,9 @@ sys.path.insert(0, str(REPO))
 
 from harness.config import load_config  # noqa: E402
 from harness.data import draw_split, load_dataset  # noqa: E402
-from harness.engine.lifecycle import Context, make_scheduler, stage_batches, train_one_epoch  # noqa: E402
+from harness.engine.batches import stage_batches  # noqa: E402
+from harness.engine.context import Context  # noqa: E402
+from harness.engine.loop import make_scheduler, train_one_epoch  # noqa: E402
 from harness.method import get_method  # noqa: E402
 from harness.models import build_encoder  # noqa: E402
 from harness.plan import make_plan  # noqa: E402

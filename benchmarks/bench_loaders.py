@@ -152,7 +152,7 @@ class _ImageNetShaped:
 def _trainer_step(name: str, cfg, device: torch.device):
     """A function doing one finetune step of method ``name`` on (x, y), as the trainer
     does it (bf16 autocast, channels_last); swwae_all gets half labeled, half pool."""
-    from harness.engine.lifecycle import StageLoss, make_optimizer, set_trainable
+    from harness.engine.loop import StageLoss, make_optimizer, set_trainable
     from harness.method import Batch, get_method
     from harness.models import build_encoder
 

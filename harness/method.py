@@ -4,8 +4,8 @@ A method says *what* is trained; the trainer (``harness.engine.lifecycle``) says
 A method provides:
 
 - ``build_model(encoder, dataset)``: the module it trains, built around the
-  suite's encoder (the baseline returns it as is; decoding pathways add a
-  decoder); ``dataset`` gives the channels, classes and normalization;
+  suite's encoder (the baseline returns it as is; a method may wrap it with
+  parts of its own, keeping it as ``.encoder``); ``dataset`` gives the channels, classes and normalization;
 - ``stages()``: its ordered training stages. Each names its schedule key in the
   suite, which parameters train, whether it draws labeled and/or unlabeled
   batches, and whether it is taken from another run instead of trained
@@ -14,15 +14,27 @@ A method provides:
 - ``loss(model, stage, batch)``: a dict of named scalar terms (each logged on
   its own); the trainer minimizes their sum.
 
+A method that needs more of the model than features and a classifier says so
+in ``needs`` (``harness.models.CAPABILITIES``); ``harness.run`` refuses a model
+that lacks it with one line before any work.
+
 Optional hooks keep room for the classic SSL methods without touching the
-trainer: ``config_sections`` (suite sections the method reads, such as
-``decoding``; they enter its run ids and no other method's), ``val_report``
+trainer: ``config_sections`` (its family's own suite sections,
+``harness.config.register_settings``; they enter its run ids and no other
+method's), ``val_report``
 (extra numbers on val, and pictures, for ``metrics.json``), ``views`` (how
 many augmented views of each unlabeled image a batch carries: two for
 FixMatch's weak/strong pair), ``after_step`` (a Mean Teacher EMA update), and
 ``state_dict``/``load_state_dict`` (state kept beside the model, saved in every
 checkpoint). Pseudo-Label makes its targets inside
 ``loss``; Ladder's noisy and clean passes are two forward calls there.
+
+A number worth watching that is not a loss term (FixMatch's mask rate, a
+teacher-student agreement) is reported with ``self.log_scalar(name, value)``
+from ``loss`` or ``after_step``: the trainer collects it after each step
+(``pop_scalars``) and logs it per step (TensorBoard tag ``method/<name>``) but
+never adds it to the loss. A tensor is kept detached on its device, so logging
+costs no device sync; the last value of a name in a step counts.
 """
 
 from __future__ import annotations
@@ -36,7 +48,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from harness.errors import unknown
-from harness.models import VGG
+from harness.models import Encoder
 from harness.plugins import import_plugins
 
 if TYPE_CHECKING:
@@ -78,11 +90,14 @@ class Method:
     name: ClassVar[str] = ""
     views: ClassVar[int] = 1  # augmented views drawn of each unlabeled image
     config_sections: ClassVar[tuple[str, ...]] = ()  # suite sections it reads (run-id input)
+    # what the model must offer beyond features and a classifier (harness.models.CAPABILITIES:
+    # "macro_layers", "switches", "dense"); a model that lacks one is refused before any work
+    needs: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
 
-    def build_model(self, encoder: VGG, dataset: Dataset) -> nn.Module:
+    def build_model(self, encoder: Encoder, dataset: Dataset) -> nn.Module:
         return encoder
 
     def stages(self) -> list[Stage]:
@@ -98,6 +113,33 @@ class Method:
 
     def after_step(self, model: nn.Module, stage: Stage) -> None:
         """Called after every optimizer step (e.g. an EMA teacher update)."""
+
+    def log_scalar(self, name: str, value: torch.Tensor | float) -> None:
+        """Log ``value`` (one number) as ``name`` at the current step, beside the loss
+        terms but not summed into the loss. Kept detached (no sync, no graph) until the
+        trainer takes it with ``pop_scalars``; logged outside a training step, it is
+        dropped at the next one's start."""
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                raise ValueError(
+                    f"{self.name}: log_scalar({name!r}) takes one number, "
+                    f"got a tensor of shape {tuple(value.shape)}"
+                )
+            value = value.detach()
+        else:
+            value = torch.tensor(float(value))
+        self._pending_scalars()[name] = value
+
+    def pop_scalars(self) -> dict[str, torch.Tensor]:
+        """The scalars logged since the last call, emptied (the trainer's side of
+        ``log_scalar``)."""
+        scalars = dict(self._pending_scalars())
+        self._pending_scalars().clear()
+        return scalars
+
+    def _pending_scalars(self) -> dict[str, torch.Tensor]:
+        # created on first use: a subclass's __init__ need not call super().__init__
+        return self.__dict__.setdefault("_logged_scalars", {})
 
     def val_report(
         self,

@@ -22,7 +22,15 @@ OTHER_SENSES = re.compile(
     r"ffcv\.fields\.decoders|CenterCropRGBImageDecoder|IntDecoder|JSONDecodeError|UnicodeDecodeError"
 )
 # imports allowed inside a function: optional extras, and heavy modules only one path needs
-LATE_IMPORTS = {"ffcv", "submitit", "sklearn", "matplotlib", "harness.report.plots"}
+# (TensorBoard pulls in protobuf; a run with logger=[csv] never loads it)
+LATE_IMPORTS = {
+    "ffcv",
+    "submitit",
+    "sklearn",
+    "matplotlib",
+    "harness.report.plots",
+    "torch.utils.tensorboard",
+}
 
 
 def _sources() -> list[Path]:

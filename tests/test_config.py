@@ -153,3 +153,40 @@ def test_a_dataset_enters_a_run_id_by_its_content_not_its_path(tmp_path):
     here = _ids(*fashion)
     assert _ids(*fashion, f"data.path={FASHION_MNIST}/") == here
     assert _ids(*fashion, f"data.path={copy}") == here
+
+
+def test_a_method_family_brings_its_own_section_without_the_engine_knowing_it(tmp_path):
+    """``register_settings``: defaults, types, the family's own checks, the one-line
+    unknown-key error and the run-id rule all come from the family's dataclass."""
+    from dataclasses import dataclass
+
+    from harness.config import SETTINGS, register_settings, run_relevant, suite_schema
+
+    @register_settings("toy", id_exclude=("plot_every",))
+    @dataclass
+    class ToySettings:
+        weight: float = 1.0
+        plot_every: int = 10
+
+        def __post_init__(self):
+            if not self.weight >= 0:
+                raise UsageError(f"toy.weight must be >= 0, got {self.weight}")
+
+    suite_schema.cache_clear()
+    try:
+        cfg = load_config([f"results={tmp_path}", "toy.weight=2.5"])
+        assert cfg.toy.weight == 2.5 and cfg.toy.plot_every == 10
+        with pytest.raises(UsageError, match=r"^toy.weight must be >= 0, got -1.0$"):
+            load_config(["toy.weight=-1"])
+        with pytest.raises(
+            UsageError, match="unknown key .*'toy.nope'.*toy.plot_every, toy.weight"
+        ):
+            load_config(["toy.nope=1"])
+        with pytest.raises(UsageError, match="bad value for key 'toy.weight'"):
+            load_config(["toy.weight=heavy"])
+        declared = run_relevant(cfg, ["pretrain"], ("toy",))
+        assert declared["toy"] == {"weight": 2.5}  # plot_every never enters an id
+        assert "toy" not in run_relevant(cfg, ["pretrain"], ())  # nor another method's id
+    finally:
+        SETTINGS.pop("toy")
+        suite_schema.cache_clear()

@@ -148,7 +148,7 @@ def test_a_val_report_shared_by_two_processes_equals_one_processes(tmp_path):
 
 
 def _uneven_gradient(rank: int, size: int, port: int, out: str) -> None:
-    from harness.engine.lifecycle import StageLoss, train_one_epoch
+    from harness.engine.loop import StageLoss, train_one_epoch
     from harness.method import Batch, get_method
 
     with _gloo_group(rank, size, port):
@@ -176,7 +176,7 @@ def _uneven_gradient(rank: int, size: int, port: int, out: str) -> None:
 def test_an_uneven_batch_weights_each_shard_by_its_rows(tmp_path):
     """DDP averages the ranks' gradients; with 3 and 2 rows that mean is not the batch's
     unless each rank's loss is weighted by its share (``Batch.share``)."""
-    from harness.engine.lifecycle import train_one_epoch
+    from harness.engine.loop import train_one_epoch
     from harness.method import Batch, get_method
 
     torch.manual_seed(0)

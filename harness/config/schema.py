@@ -143,6 +143,8 @@ class SuiteConfig:
     results: str = "results"  # the results root
     progress: bool = True  # tqdm bars on stderr
     dry_run: bool = False  # print the plan (ids, what each waits for, done or not); write nothing
-    # where a run writes its curves: history.csv (always read by the report) and/or
-    # TensorBoard event files under <run>/tensorboard/; never a run's id
+    # where a run writes its curves. history.csv is always written, whatever this says:
+    # the report reads it. "tensorboard" adds event files under <run>/tensorboard/ (per
+    # step: loss terms, lr, a method's log_scalar values; val errors per evaluation);
+    # logger=[csv] writes none. Never part of a run's id (harness.engine.loggers)
     logger: list[str] = field(default_factory=lambda: list(LOGGERS))

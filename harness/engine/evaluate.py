@@ -5,7 +5,8 @@ center. Dense: the whole ``resize`` x ``resize`` image through the fc layers
 applied as convolutions; softmax scores are averaged over positions. The paper
 (VGG-16 on ImageNet) uses resize 256 / crop 224; smaller suites scale both.
 Folder datasets are stored as their center ``resize`` square, so dense
-evaluation covers that square rather than the full non-square image.
+evaluation covers that square rather than the full non-square image. Dense
+evaluation needs a model that offers it (``harness.models.DENSE``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from harness.data import (
 )
 from harness.engine import distributed
 from harness.engine.context import Context
-from harness.models import VGG
+from harness.models import DENSE, Encoder
 from harness.store import RunRecord, targets_key, topk_key
 
 TOPK = 5  # the paper's second error column
@@ -34,7 +35,7 @@ TOPK = 5  # the paper's second error column
 
 @torch.no_grad()
 def predict_topk(
-    model: VGG,
+    model: Encoder,
     images: ImageSet,
     indices: np.ndarray,
     *,
@@ -52,7 +53,7 @@ def predict_topk(
     """The ``k`` highest-scoring classes of each image in ``indices``, best first: [N, k]."""
     was_training = model.training
     model.eval()
-    k = min(k, model.classifier[-1].out_features)
+    k = min(k, model.num_classes)
     out = []
     batches = epoch_batches(indices, batch_size, shuffle=False)
     for x, _ in load_batches(images, batches, resize, num_workers):
@@ -78,7 +79,7 @@ def error_rates(topk: np.ndarray, targets: np.ndarray) -> tuple[float, float]:
     return 100.0 * (1.0 - hits[:, 0].mean()), 100.0 * (1.0 - hits.any(axis=1).mean())
 
 
-def evaluate_split(ctx: Context, classifier: VGG, part: str, dense: bool) -> np.ndarray:
+def evaluate_split(ctx: Context, classifier: Encoder, part: str, dense: bool) -> np.ndarray:
     """Top-k of every image of ``part``, in order; under DDP each rank predicts every
     world-th image and the rows are gathered, so each image counts exactly once."""
     images = ctx.dataset.train if part == "train" else ctx.dataset.val
@@ -102,9 +103,10 @@ def evaluate_split(ctx: Context, classifier: VGG, part: str, dense: bool) -> np.
     return distributed.gather_rows(local, len(indices), ctx.place)
 
 
-def final_metrics(ctx: Context, classifier: VGG, record: RunRecord) -> dict[str, float]:
+def final_metrics(ctx: Context, classifier: Encoder, record: RunRecord) -> dict[str, float]:
     """Top-1/top-k error on train (the labeled subset) and val, single crop, and on val
-    dense.
+    dense where the model offers it (an MLP has no positions to score: its dense
+    columns are left out, and the report shows them as missing).
 
     Every evaluation's per-example top-k goes to ``predictions.npz`` with the
     targets, so the report can pair a method with the baseline image by image.
@@ -117,7 +119,10 @@ def final_metrics(ctx: Context, classifier: VGG, record: RunRecord) -> dict[str,
     arrays = {targets_key(part): targets[part] for part in ("train", "val")}
     # the paper's table: single crop on train and val, dense on val only (a dense pass
     # over the training set would cost a whole epoch on ImageNet for nothing reported)
-    for dense, part in ((False, "train"), (False, "val"), (True, "val")):
+    passes = [(False, "train"), (False, "val")]
+    if DENSE in classifier.offers:
+        passes.append((True, "val"))
+    for dense, part in passes:
         prefix = "dense_" if dense else ""
         topk = evaluate_split(ctx, classifier, part, dense)
         top1, top5 = error_rates(topk, targets[part])

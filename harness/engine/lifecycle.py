@@ -11,7 +11,6 @@ with the other runs.
 from __future__ import annotations
 
 import sys
-import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from harness.data import (
     load_or_store_split,
 )
 from harness.engine import distributed
+from harness.engine.batches import steps_per_epoch
 from harness.engine.checkpoint import (
     atomic_torch_save,
     checkpoint_state,
@@ -34,8 +34,9 @@ from harness.engine.checkpoint import (
 )
 from harness.engine.context import Context, resolve_device
 from harness.engine.evaluate import final_metrics, val_crops
+from harness.engine.loggers import open_run_log, steps_done
 from harness.engine.loop import run_stage
-from harness.engine.provenance import provenance
+from harness.engine.provenance import Clock, provenance
 from harness.errors import UsageError
 from harness.lock import RunLock, holder_text
 from harness.method import Stage, get_method
@@ -187,21 +188,26 @@ def _train_run(
             print(f"run {spec.run_id}: resuming from its checkpoint at {where}", file=sys.stderr)
             # killed between checkpoint and CSV: the CSV may lack the last row
             record.write_history(history)
-    for index, stage in enumerate(stages):
-        if index < start_stage:
-            continue
-        source = _stage_source(ctx, stage)
-        if source is not None:
-            classifier_of(model).load_state_dict(load_weights(source, map_location=device))
-        else:
-            resume = checkpoint if index == start_stage and start_epoch > 0 else None
-            run_stage(ctx, record, model, method, index, stage, resume, history, clock)
-        if main:
-            atomic_torch_save(model.state_dict(), record.stage_file(stage.name))
-            save_checkpoint(
-                record,
-                checkpoint_state(model, method, index + 1, 0, None, None, history, clock.total()),
-            )
+    by_name = {stage.name: stage for stage in stages}
+    taken = steps_done(history, lambda name: steps_per_epoch(ctx, by_name[name]))
+    with open_run_log(record.path, list(cfg.logger), taken, main) as log:
+        for index, stage in enumerate(stages):
+            if index < start_stage:
+                continue
+            source = _stage_source(ctx, stage)
+            if source is not None:
+                classifier_of(model).load_state_dict(load_weights(source, map_location=device))
+            else:
+                resume = checkpoint if index == start_stage and start_epoch > 0 else None
+                run_stage(ctx, record, model, method, index, stage, resume, history, clock, log)
+            if main:
+                atomic_torch_save(model.state_dict(), record.stage_file(stage.name))
+                save_checkpoint(
+                    record,
+                    checkpoint_state(
+                        model, method, index + 1, 0, None, None, history, clock.total()
+                    ),
+                )
     metrics = final_metrics(ctx, classifier_of(model), record)
     metrics |= method.val_report(
         model,
@@ -220,17 +226,6 @@ def _train_run(
     }
     record.write_metrics(metrics)
     return metrics
-
-
-class Clock:
-    """Seconds a run has trained and evaluated, over all its attempts: the checkpoint
-    carries the total so far; a killed attempt loses only its unfinished epoch."""
-
-    def __init__(self, before: float = 0.0):
-        self.before, self.start = before, time.perf_counter()
-
-    def total(self) -> float:
-        return self.before + time.perf_counter() - self.start
 
 
 def _stage_source(ctx: Context, stage: Stage) -> Path | None:

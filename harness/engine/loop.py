@@ -7,6 +7,11 @@ and augmentation of an epoch are seeded from (train seed, stage, epoch), and the
 global RNGs restart from a seed of (run, stage, epoch). A run killed at any
 moment and started again therefore ends bit-identical on CPU. A loss term that is
 NaN or infinite fails the run at once (``NonFiniteLoss``).
+
+Each step's loss terms, learning rate and the scalars the method logs
+(``Method.log_scalar``) are kept as they are (``StepScalars``) and handed to the
+run's ``RunLog`` once per epoch (``harness.engine.loggers``): per-step curves
+without a device sync per step.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -26,18 +31,17 @@ from harness.engine.batches import ImagesRead, stage_batches, steps_per_epoch
 from harness.engine.checkpoint import checkpoint_state, save_checkpoint
 from harness.engine.context import Context
 from harness.engine.evaluate import error_rates, evaluate_split
+from harness.engine.loggers import RunLog, StepScalars
+from harness.engine.provenance import Clock
 from harness.method import Batch, Method, Stage
 from harness.models import classifier_of
 from harness.seeding import seed_everything, set_rng_state
 from harness.store import RunRecord
 
-if TYPE_CHECKING:
-    from harness.engine.lifecycle import Clock
-
 
 class StageLoss(torch.nn.Module):
     """A method's loss in one stage as a module's forward, so DistributedDataParallel can
-    wrap it: methods call the model's parts (encoder, decoder) directly, which DDP
+    wrap it: methods call the model's parts (its encoder, a head of their own) directly, which DDP
     would not see if it wrapped the model alone."""
 
     def __init__(self, model: torch.nn.Module, method: Method, stage: Stage):
@@ -98,16 +102,21 @@ def train_one_epoch(
     grad_clip: float,
     progress: tqdm | None = None,
     loss_module: torch.nn.Module | None = None,
+    steps: StepScalars | None = None,
 ) -> dict[str, float]:
     """One pass over ``batches``; returns the mean of each loss term (this rank's).
-    Raises ``NonFiniteLoss`` (numbering steps from 1) where a loss is NaN or infinite."""
+    Raises ``NonFiniteLoss`` (numbering steps from 1) where a loss is NaN or infinite.
+    ``steps``, if given, receives every step's terms, learning rate and the scalars
+    the method logged (detached, unread: no sync)."""
     loss_module = loss_module or StageLoss(model, method, stage)
     model.train()
     logged: list[dict[str, torch.Tensor]] = []
     params = [p for group in optimizer.param_groups for p in group["params"]]
     device_type = next(model.parameters()).device.type
     pending = None
+    method.pop_scalars()  # logged outside a step (at evaluation): not this epoch's
     for step, batch in enumerate(batches, start=1):
+        lr = optimizer.param_groups[0]["lr"]  # this step's, before the scheduler moves it
         autocast = torch.autocast(device_type, dtype=torch.bfloat16) if amp else nullcontext()
         with autocast:
             terms = loss_module(batch)
@@ -125,7 +134,10 @@ def train_one_epoch(
         optimizer.step()
         scheduler.step()
         method.after_step(model, stage)
+        extras = method.pop_scalars()
         logged.append(detached)
+        if steps is not None:
+            steps.add(lr, detached, extras)
         if progress is not None:
             progress.update(1)
     _check_finite(pending)
@@ -176,7 +188,11 @@ def run_stage(
     resume: dict[str, Any] | None,
     history: list[dict[str, Any]],
     clock: Clock,
+    log: RunLog,
 ) -> None:
+    """Train ``stage`` epoch by epoch (from ``resume``'s epoch on), appending a row per
+    epoch to ``history``, and to ``log`` its steps and val errors; after each epoch,
+    rank 0 writes the checkpoint and history.csv."""
     cfg, spec = ctx.cfg, ctx.spec
     schedule = cfg.schedule[stage.name]
     if schedule.epochs == 0:
@@ -192,7 +208,7 @@ def run_stage(
         set_rng_state(resume["rng"])
         first_epoch = resume["epoch"]
     classifier = classifier_of(model)
-    # a stage that trains only other parts (a decoder) cannot change val error
+    # a stage that trains only other parts (a method's own head) cannot change val error
     classifier_trains = any(p.requires_grad for p in classifier.parameters())
     loss_module: torch.nn.Module = StageLoss(model, method, stage)
     if ctx.place.active:
@@ -217,6 +233,7 @@ def run_stage(
         tic = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         read = ImagesRead()
+        steps = StepScalars()
         try:
             terms = train_one_epoch(
                 model,
@@ -229,12 +246,16 @@ def run_stage(
                 grad_clip=cfg.optim.grad_clip,
                 progress=bar,
                 loss_module=loss_module,
+                steps=steps,
             )
         except NonFiniteLoss as error:
             error.details = {"stage": stage.name, "epoch": epoch + 1, **error.details}
             raise
         terms = distributed.mean_over_ranks(terms, ctx.place)
-        row: dict[str, Any] = {"stage": stage.name, "epoch": epoch + 1, "lr": lr}
+        log.train_steps(steps)
+        # step: the run's steps so far (all stages), the x axis of its TensorBoard curves
+        row: dict[str, Any] = {"stage": stage.name, "epoch": epoch + 1, "step": log.step}
+        row["lr"] = lr
         row |= {"images_labeled": read.labeled, "images_unlabeled": read.unlabeled}
         row |= {f"loss_{key}": value for key, value in terms.items()}
         last = epoch + 1 == schedule.epochs
@@ -244,10 +265,12 @@ def run_stage(
                 evaluate_split(ctx, classifier, "val", dense=False), ctx.dataset.val.targets
             )
             row |= {"top1_val": top1, "top5_val": top5}
+            log.evaluation(top1, top5)
             bar.set_postfix(loss=f"{sum(terms.values()):.3f}", val_top1=f"{top1:.1f}")
         row["seconds"] = round(time.perf_counter() - tic, 3)
         history.append(row)
         if main:
+            log.flush()  # before the checkpoint: the event files never lag behind it
             save_checkpoint(
                 record,
                 checkpoint_state(

@@ -1,4 +1,5 @@
-"""Where and with what one attempt of a run ran (``config.yaml``'s ``attempts``)."""
+"""Where and with what one attempt of a run ran (``config.yaml``'s ``attempts``), and
+how long all its attempts took (``Clock``)."""
 
 from __future__ import annotations
 
@@ -66,3 +67,14 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return head + ("-dirty" if dirty.stdout.strip() else "")
+
+
+class Clock:
+    """Seconds a run has trained and evaluated, over all its attempts: the checkpoint
+    carries the total so far; a killed attempt loses only its unfinished epoch."""
+
+    def __init__(self, before: float = 0.0):
+        self.before, self.start = before, time.perf_counter()
+
+    def total(self) -> float:
+        return self.before + time.perf_counter() - self.start
