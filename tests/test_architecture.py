@@ -25,6 +25,7 @@ OTHER_SENSES = re.compile(
 # (TensorBoard pulls in protobuf; a run with logger=[csv] never loads it)
 LATE_IMPORTS = {
     "ffcv",
+    "numba",
     "submitit",
     "sklearn",
     "matplotlib",

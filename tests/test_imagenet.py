@@ -279,3 +279,23 @@ def test_prepare_bad_input_exits_2(args, message, capsys):
 
     assert main(list(args)) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_run_reading_a_beton_ends_cleanly_with_more_workers_than_cores(folder, betons, tmp_path):
+    """A successful command prints no traceback (issue 14): FFCV's decoding threads are
+    capped at what numba may start here, so ``data.num_workers`` above the core count
+    (a laptop's setting on a smaller SLURM job) neither fails the run nor leaves a
+    numba ``ValueError`` from the loader's thread."""
+    args = [f"data.path={folder}", f"data.beton={betons}", "data.loader=ffcv"]
+    small = [a for a in SMALL if not a.startswith(("schedule.pretrain.epochs", "data.num_workers"))]
+    result = run_cli(
+        "suite=imagenet_10pct",
+        *args,
+        *small,
+        "schedule.pretrain.epochs=1",
+        f"data.num_workers={os.cpu_count() * 4}",
+        "labels=[0.5]",
+        f"results={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "Error" not in result.stderr, result.stderr

@@ -100,6 +100,16 @@ def _ffcv_loader(beton: str, batch_size: int, resize: int, threads: int) -> Any:
     )
 
 
+def ffcv_threads(num_workers: int) -> int:
+    """The decoding threads of an FFCV Loader for ``data.num_workers``: at least one, and
+    at most what numba may start on this machine (a SLURM job's CPUs, not the
+    submitter's). A larger count makes numba raise ``The number of threads must be
+    between 1 and N`` from the loader's thread; the count changes speed, never pixels."""
+    import numba  # comes with the optional ffcv extra
+
+    return min(max(1, num_workers), numba.config.NUMBA_NUM_THREADS)
+
+
 def ffcv_batches(
     beton: str, batches: list[np.ndarray], resize: int, num_workers: int = 0
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -116,7 +126,7 @@ def ffcv_batches(
     size = len(batches[0])
     if any(len(b) != size for b in batches[:-1]) or len(batches[-1]) > size:
         raise ValueError("FFCV batches must all have one size, but for a smaller last one")
-    threads = max(1, num_workers)
+    threads = ffcv_threads(num_workers)
     loader = _ffcv_loader(beton, size, resize, threads)
     stream = np.concatenate(batches).astype(np.int64)
     # what Loader(indices=stream, order=SEQUENTIAL) would hold, set on a compiled Loader
