@@ -5,7 +5,8 @@ A method provides:
 
 - ``build_model(encoder, dataset)``: the module it trains, built around the
   suite's encoder (the baseline returns it as is; a method may wrap it with
-  parts of its own, keeping it as ``.encoder``); ``dataset`` gives the channels, classes and normalization;
+  parts of its own, keeping it as ``.encoder``); ``dataset`` gives the
+  channels, classes and normalization;
 - ``stages()``: its ordered training stages. Each names its schedule key in the
   suite, which parameters train, whether it draws labeled and/or unlabeled
   batches, and whether it is taken from another run instead of trained

@@ -19,8 +19,10 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from tabulate import tabulate
 
-from harness.config import load_config
+from harness.cli import Command, run_command
+from harness.config import load_config, suite_schema
 from harness.data import load_dataset, load_or_store_split
 from harness.engine.checkpoint import load_weights
 from harness.engine.distributed import is_main_process
@@ -28,8 +30,9 @@ from harness.errors import UsageError
 from harness.launch import LAUNCHERS, prepare, tally
 from harness.lock import is_held
 from harness.method import get_method
-from harness.models import build_encoder
+from harness.models import build_encoder, require
 from harness.plan import RunSpec, make_plan
+from harness.report import build_report, print_report
 from harness.store import run_record
 
 
@@ -50,7 +53,9 @@ def validate(argv: list[str]) -> tuple[DictConfig, list[RunSpec]]:
     if cfg.model.pretrained:
         check_pretrained(cfg.model.pretrained, encoder)
     for name in dict.fromkeys(spec.method for spec in plan):  # a method may reject the model
-        get_method(name)(cfg).build_model(encoder, dataset)
+        method = get_method(name)
+        require(encoder, cfg.model.name, method.needs, name)  # what it needs the model offers
+        method(cfg).build_model(encoder, dataset)
     # every split drawn (and a stored one checked) now; with every image labeled, stages
     # that train on the pool read the labeled set (harness.engine.lifecycle.Context.pool)
     for labels, seed in dict.fromkeys((spec.labels, spec.split_seed) for spec in plan):
@@ -74,8 +79,6 @@ def check_writable(results: Path) -> None:
 
 def print_plan(cfg: DictConfig, plan: list[RunSpec]) -> None:
     """``dry_run=true``: one row per planned run and where it stands; reads only."""
-    from tabulate import tabulate
-
     rows = []
     for spec in plan:
         record = run_record(cfg.results, spec.suite, spec.run_id)
@@ -113,13 +116,23 @@ def check_pretrained(path: str, encoder: torch.nn.Module) -> None:
         ) from None
 
 
+COMMAND = Command(
+    usage="python -m harness.run [suite=NAME] [key=value ...]",
+    summary="Plan every run of a suite (methods x label budgets x seeds), train what is not "
+    "done yet under the chosen launcher, then write and print the report. dry_run=true prints "
+    "the plan and writes nothing. Bad input: one line on stderr, exit 2, nothing written; "
+    "exit 1 if a run failed.",
+    keys=[("suite=digits", "a suite in suites/ or a path to a YAML file of your own")],
+    schema=suite_schema,
+)
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        cfg, plan = validate(argv)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return run_command(COMMAND, _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    cfg, plan = validate(argv)
     if cfg.dry_run:
         if is_main_process():
             print_plan(cfg, plan)
@@ -135,8 +148,6 @@ def main(argv: list[str] | None = None) -> int:
     if not outcome.finished:  # submitted to SLURM: its report job writes the report
         print(f"run records: {suite_dir}/<run_id>/", file=sys.stderr)
         return 0
-    from harness.report.build import build_report, print_report  # scipy, pandas: slow to import
-
     print_report(cfg, build_report(cfg, plan))
     print(f"run records: {suite_dir}/<run_id>/", file=sys.stderr)
     counts = tally(plan, cfg)

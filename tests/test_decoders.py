@@ -13,6 +13,7 @@ from methods.decoding.decoders import (
     FcDecoder,
     MacroDecoder,
     fc_codes,
+    unpool,
     unpool_fixed,
     unpool_switches,
 )
@@ -151,3 +152,57 @@ def test_unknown_unpooling_is_refused():
     spec = build_encoder("vgg_small_2", 1, 10, 12).macro_specs()[0]
     with pytest.raises(ValueError, match="sae, swwae"):
         MacroDecoder(spec, "nearest", linear_output=True)
+
+
+@pytest.mark.parametrize("kind", ["sae", "swwae"])
+@pytest.mark.parametrize("size", [28, 31])
+def test_scaled_alexnet_decoders_undo_its_overlapping_pools(kind, size):
+    encoder = build_encoder("alexnet", 1, 10, 28)
+    decoder = Decoder(encoder.macro_specs(), kind)
+    assert all(layer.pool == PoolSpec(3, 2) for layer in decoder.layers)
+    assert all(isinstance(c, nn.Conv2d) for layer in decoder.layers for c in layer.convs)
+    x = torch.rand(2, 1, size, size)
+    with torch.no_grad():
+        enc = encoder.encode(x, switches=kind == "swwae")
+        outputs = decoder.topdown(enc)
+        assert [o.shape for o in outputs] == [x.shape] + [p.shape for p in enc.pooled[:-1]]
+        assert [o.shape for o in decoder.layerwise(enc)] == [o.shape for o in outputs]
+        # the unpooled map of each level has the size of that level's pool input
+        for level, pooled in enumerate(enc.pooled):
+            size_before = enc.sizes[level]
+            unpooled = unpool(
+                kind, pooled, decoder.layers[level].pool, size_before, enc.switches[level]
+            )
+            assert unpooled.shape[-2:] == size_before
+            if kind == "sae":  # the window centres: (2i + 1, 2j + 1)
+                h, w = pooled.shape[-2:]
+                assert torch.equal(unpooled[..., 1 : 2 * h : 2, 1 : 2 * w : 2], pooled)
+            else:  # every max back where it came from (overlaps average equal values)
+                torch.testing.assert_close(
+                    unpooled.flatten(2).gather(2, enc.switches[level].flatten(2)),
+                    pooled.flatten(2),
+                )
+
+
+def test_from_conv_starts_the_mirror_at_that_conv_inside_a_macro_layer():
+    encoder = build_encoder("alexnet", 1, 10, 28)
+    decoder = Decoder(encoder.macro_specs(), "swwae")
+    x = torch.rand(2, 1, 28, 28)
+    ran: list[int] = []
+    top = decoder.layers[2]
+    for index, conv in enumerate(top.convs):  # mirrors of conv5, conv4, conv3
+        conv.register_forward_hook(lambda *_, index=index: ran.append(index))
+    with torch.no_grad():
+        enc = encoder.encode(x, switches=True, activations=True)
+        from_conv4 = decoder.from_conv(enc, level=2, conv=1)
+        assert ran == [1, 2]  # conv4's and conv3's mirrors; conv5's and the unpool skipped
+        ran.clear()
+        from_conv3 = decoder.from_conv(enc, level=2, conv=0)
+        assert ran == [2]
+        full = decoder.topdown(enc)
+    shapes = [o.shape for o in full]
+    assert [o.shape for o in from_conv4] == shapes == [o.shape for o in from_conv3]
+    # the same code as the chain's, entered lower: mirror(conv3) of conv3's output
+    with torch.no_grad():
+        expected = F.relu(top.convs[2](enc.activations[2][0]))
+    torch.testing.assert_close(from_conv3[2], expected)

@@ -17,7 +17,7 @@ import torch
 
 from harness.config import load_config
 from harness.data import center_crop, load_dataset, normalize
-from harness.engine.lifecycle import set_trainable
+from harness.engine.loop import set_trainable
 from harness.method import Batch, get_method
 from harness.models import build_encoder
 from harness.plan import make_plan
@@ -328,8 +328,13 @@ def test_invert_draws_sae_beside_swwae_from_each_layer(decoding_runs):
     (picture,) = (decoding_runs / "digits" / "invert").glob("swwae_all-*.png")
     from PIL import Image
 
-    width, height = Image.open(picture).size
+    image = Image.open(picture)
+    width, height = image.size
     assert width > height  # 4 rows of 7 tiles: original + 3 layers x (SAE, SWWAE)
+    # labels drawn into the picture: a white band above the tiles and left of them,
+    # with dark text in both (the header over the columns, the row labels)
+    gray = np.asarray(image.convert("L"))
+    assert (gray[:20] < 128).any() and (gray[30:, :20] < 128).any()
     table = pd.read_json(picture.with_suffix(".json"))
     assert sorted(table["method"].unique()) == ["sae_all", "swwae_all"]
     assert sorted(table["layer"].unique()) == [1, 2, 3]
@@ -346,7 +351,10 @@ def test_invert_draws_sae_beside_swwae_from_each_layer(decoding_runs):
     [
         (["method=baseline"], "unknown method to invert (a decoding pathway) 'baseline'"),
         (["method=swwae_all", "layer=6"], "layer=6, but model 'vgg_small_2' has layers 1..5"),
-        (["method=swwae_all", "layer=x"], "layer must be an integer"),
+        (["method=swwae_all", "layer=x"], "layer='x' is not a valid int"),
+        (["method=swwae_all", "images=0"], "images must be >= 1, got 0"),
+        (["method=swwae_all", "model.name=mlp"], "needs a model with pooling switches"),
+        (["method=sae_all", "model.name=mlp"], "needs a model with macro-layers"),
         (["layer=1"], "method= is required: one of sae_all, sae_first"),
         (["method=sae_first"], "is not done; first run: python -m harness.run"),
     ],
@@ -358,11 +366,19 @@ def test_invert_bad_input_exits_2(tmp_path, argv, message):
     assert not any(tmp_path.iterdir())
 
 
-def test_vgg16_defaults_are_the_reference_weights_and_every_variant_builds_on_vgg16():
-    from harness.config import SuiteConfig
-    from harness.data import Dataset, ImageSet
+def test_invert_help_lists_its_keys_and_the_suite_keys():
+    result = run_cli("--help", module="methods.decoding.invert")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: python -m methods.decoding.invert")
+    for key in ("method=", "layer=", "images=8", "fc_steps=500", "val_images=0", "model.name="):
+        assert key in result.stdout, key
 
-    assert SuiteConfig().decoding.weights == [1e-4, 1e-12, 1e-12, 1e-12, 1e-10]
+
+def test_vgg16_defaults_are_the_reference_weights_and_every_variant_builds_on_vgg16():
+    from harness.data import Dataset, ImageSet
+    from methods.decoding.settings import DecodingSettings
+
+    assert DecodingSettings().weights == [1e-4, 1e-12, 1e-12, 1e-12, 1e-10]
     cfg = load_config(["model.name=vgg16", "decoding.weights=[1e-4,1e-12,1e-12,1e-12,1e-10]"])
     empty = ImageSet(targets=np.zeros(0, dtype=np.int64))
     imagenet = Dataset(
@@ -382,7 +398,8 @@ def test_vgg16_defaults_are_the_reference_weights_and_every_variant_builds_on_vg
 
 def test_baseline_and_decoder_finetunes_take_the_same_number_of_labeled_steps():
     from harness.data import load_or_store_split
-    from harness.engine.lifecycle import Context, stage_batches, steps_per_epoch
+    from harness.engine.batches import stage_batches, steps_per_epoch
+    from harness.engine.context import Context
 
     cfg = load_config(["labels=[100]", "seeds=[0]"])
     dataset = load_dataset(cfg.data)
@@ -416,7 +433,8 @@ def test_with_every_image_labeled_pool_stages_read_the_labeled_set():
     reconstruct the labeled batch itself (one pass over the labeled set, no second
     batch) instead of taking no step."""
     from harness.data import load_or_store_split
-    from harness.engine.lifecycle import Context, stage_batches, steps_per_epoch
+    from harness.engine.batches import stage_batches, steps_per_epoch
+    from harness.engine.context import Context
 
     cfg = load_config(["methods=[swwae_all]", "labels=[1.0]", "seeds=[0]"])
     dataset = load_dataset(cfg.data)

@@ -38,7 +38,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "vgg_small_2"  # a registered architecture (harness.models.ARCHITECTURES)
+    name: str = "vgg_small_2"  # a registered model (harness.models, @register_model)
     dropout: float = 0.5  # in the fc layers, as in VGG
     # step 1 of the paper's procedure from a checkpoint: a torchvision-format state_dict
     # file loaded into the classifier instead of training stage `pretrain` ("" or none =

@@ -101,7 +101,7 @@ def _ffcv_loader(beton: str, batch_size: int, resize: int, threads: int) -> Any:
 
 
 def ffcv_threads(num_workers: int) -> int:
-    """The decoding threads of an FFCV Loader for ``data.num_workers``: at least one, and
+    """The JPEG threads of an FFCV Loader for ``data.num_workers``: at least one, and
     at most what numba may start on this machine (a SLURM job's CPUs, not the
     submitter's). A larger count makes numba raise ``The number of threads must be
     between 1 and N`` from the loader's thread; the count changes speed, never pixels."""

@@ -103,8 +103,18 @@ class MacroDecoder(nn.Module):
     ) -> torch.Tensor:
         """``x`` at pool level l -> the prediction of level l-1 (``input_size``)."""
         x = unpool(self.kind, x, self.pool, size, switches)
+        return self.mirror(x, input_size)
+
+    def mirror(
+        self, x: torch.Tensor, input_size: torch.Size, after_conv: int | None = None
+    ) -> torch.Tensor:
+        """The mirrored convs, from an unpooled map (``after_conv=None``), or from the
+        ReLU output of the macro-layer's conv number ``after_conv`` (0-based, encoder
+        order): then only the mirrors of that conv and of those below it run."""
         last = len(self.convs) - 1
-        for i, conv in enumerate(self.convs):
+        first = 0 if after_conv is None else last - after_conv
+        for i in range(first, last + 1):
+            conv = self.convs[i]
             if isinstance(conv, nn.ConvTranspose2d):
                 target = input_size if i == last else None
                 x = conv(x, output_size=list(target)) if target is not None else conv(x)
@@ -119,9 +129,11 @@ class Decoder(nn.Module):
     """One decoder macro-layer per encoder macro-layer; ``layers[0]`` outputs the image.
 
     ``topdown`` runs the chain from the top pooled code (or from any level
-    ``start``) down to the image; ``layerwise`` feeds each decoder macro-layer
-    the encoder's clean activation of its own level. Both return the
-    predictions of levels ``start-1 .. 0`` (0 = the image), bottom first.
+    ``start``) down to the image; ``from_conv`` runs it from a conv inside a
+    macro-layer (network inversion from AlexNet's conv3 and conv4);
+    ``layerwise`` feeds each decoder macro-layer the encoder's clean activation
+    of its own level. They return the predictions of levels ``start-1 .. 0``
+    (0 = the image), bottom first.
     """
 
     def __init__(self, specs: list[MacroSpec], kind: str):
@@ -145,6 +157,18 @@ class Decoder(nn.Module):
         outputs: list[torch.Tensor] = []
         for level in reversed(range(start)):
             x = self._step(level, x, enc)
+            outputs.append(x)
+        return outputs[::-1]
+
+    def from_conv(self, enc: Encoding, level: int, conv: int) -> list[torch.Tensor]:
+        """The chain started inside macro-layer ``level``, from the ReLU output of its conv
+        ``conv`` (``enc.activations``: ``encode(x, activations=True)``): the mirrors of
+        that conv and those below it, then the decoder macro-layers below. Predictions
+        of levels ``level .. 0``, bottom first (as ``topdown``)."""
+        x = self.layers[level].mirror(enc.activations[level][conv], enc.inputs[level], conv)
+        outputs = [x]
+        for below in reversed(range(level)):
+            x = self._step(below, x, enc)
             outputs.append(x)
         return outputs[::-1]
 

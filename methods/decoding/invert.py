@@ -1,25 +1,32 @@
 """``python -m methods.decoding.invert suite=NAME method=swwae_first [layer=L] [key=value ...]``
 
 Network inversion pictures from stored runs: val images beside their
-reconstructions from each layer 1..``layer`` (the paper's numbering: the
-macro-layers' pools, then fc6, fc7, fc8; 1-8 for VGG-16), for the method asked
-for and its counterpart with the other unpooling (SAE beside SWWAE, same loss
-placement), plus the per-layer relative reconstruction error over the whole val
-set as numbers. A macro-layer's pooled code goes through the run's top-down
-decoder; for an fc layer, an fc decoder (fc8 -> fc7 -> fc6 -> top pool) is first
-trained here on the frozen network, ``fc_steps`` steps, and its prediction of
-the top pool goes through the same decoder (SWWAE with the encoder's switches).
+reconstructions from each layer 1..``layer``, for the method asked for and its
+counterpart with the other unpooling (SAE beside SWWAE, same loss placement),
+plus the relative reconstruction error of every (method, layer) as numbers.
+
+Layers are counted as the model counts them (``taps()`` of the model, then its
+fc layers): VGG by macro-layer (pool1..pool5, fc6, fc7, fc8: 1-8 for VGG-16),
+AlexNet by layer (pool1, pool2, conv3, conv4, pool5, fc6, fc7, fc8: its layers
+1-8, conv1, conv2 and conv5 read after their max-pools). A pooled code goes
+through the run's top-down decoder from its level; a conv inside a macro-layer
+(AlexNet's conv3, conv4) starts that macro-layer's mirror at the mirror of that
+conv (``Decoder.from_conv``), then the chain below; for an fc layer, an fc decoder
+(fc8 -> fc7 -> fc6 -> top pool) is first trained here on the frozen network,
+``fc_steps`` steps, and its prediction of the top pool goes through the same
+decoder (SWWAE with the encoder's switches of the image).
 
 The runs are those of the suite's first label budget and first seed (set
 ``labels=`` / ``seeds=`` to choose); they must be done (``python -m harness.run``
-with the same settings). Writes ``<results>/<suite>/invert/<name>.png`` and
-``.json``, and prints the error table. Extra keys: ``method`` (required),
-``layer`` (deepest layer shown; default the last macro-layer), ``images`` (rows;
-default 8), ``fc_steps`` (default 500).
+with the same settings). Writes ``<results>/<suite>/invert/<name>.png`` (columns
+labelled: the original, then each layer for SAE, then for SWWAE; rows labelled by
+val image and class) and ``.json`` (the errors), and prints the error table.
 """
 
 from __future__ import annotations
 
+import io
+import math
 import sys
 from pathlib import Path
 
@@ -27,34 +34,50 @@ import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig
+from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from harness.config import load_config
-from harness.data import center_crop_batches, load_dataset
+from harness.cli import Command, own_keys, run_command
+from harness.config import load_config, suite_schema
+from harness.data import Dataset, center_crop_batches, load_dataset
 from harness.engine.checkpoint import load_weights
 from harness.errors import UsageError, unknown
-from harness.images import save_grid
+from harness.images import grid_array
 from harness.method import get_method
-from harness.models import build_encoder
+from harness.models import MacroEncoder, build_encoder, require
 from harness.plan import RunSpec, make_plan
 from harness.seeding import derive_seed, numpy_rng
-from harness.store import atomic_write_text, run_record
+from harness.store import atomic_write_bytes, atomic_write_text, run_record
 from methods.decoding.decoders import FcDecoder, fc_codes
 
-INVERT_KEYS = ("method", "layer", "images", "fc_steps")
 KINDS = ("sae", "swwae")
-
-
-def split_argv(argv: list[str]) -> tuple[dict[str, str], list[str]]:
-    """(this tool's keys, the rest for the suite config)."""
-    own, rest = {}, []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if sep and key in INVERT_KEYS:
-            own[key] = value
-        else:
-            rest.append(arg)
-    return own, rest
+KEYS: dict[str, type] = {
+    "method": str,
+    "layer": int,
+    "images": int,
+    "fc_steps": int,
+    "val_images": int,
+}
+COMMAND = Command(
+    usage=(
+        "python -m methods.decoding.invert method=NAME [layer=L] [images=N] [fc_steps=S] "
+        "[val_images=V] [suite=NAME] [key=value ...]"
+    ),
+    summary=(
+        "Network-inversion pictures: val images beside their SAE and SWWAE reconstructions "
+        "from each layer 1..layer of the stored runs of a decoding pathway (first label "
+        "budget, first seed), and the relative reconstruction error of each layer. Writes "
+        "<results>/<suite>/invert/<method>-labels<L>-seed<S>-layer<N>.png and .json."
+    ),
+    keys=[
+        ("method=(required)", "a decoding pathway; it is drawn beside its other-unpooling twin"),
+        ("layer=<top pool>", "deepest layer drawn, in the model's numbering (1..taps+fc)"),
+        ("images=8", "val images drawn (rows)"),
+        ("fc_steps=500", "training steps of the fc decoder, for layers above the top pool"),
+        ("val_images=0", "val images the errors are measured on (0 = the whole val set)"),
+    ],
+    schema=suite_schema,
+)
 
 
 def pair_of(method: str) -> list[str]:
@@ -72,13 +95,10 @@ def _decoding_methods() -> list[str]:
     return [m for m in available_methods() if m.partition("_")[0] in KINDS]
 
 
-def _int(own: dict[str, str], key: str, default: int) -> int:
-    try:
-        value = int(own.get(key, default))
-    except ValueError:
-        raise UsageError(f"{key} must be an integer, got {own[key]!r}") from None
-    if value < 1:
-        raise UsageError(f"{key} must be >= 1, got {value}")
+def _count(own: dict, key: str, default: int, minimum: int = 1) -> int:
+    value = own.get(key, default)
+    if value < minimum:
+        raise UsageError(f"{key} must be >= {minimum}, got {value}")
     return value
 
 
@@ -116,16 +136,35 @@ def load_models(
     return models
 
 
-def layer_names(depth: int) -> list[str]:
-    """Layer numbers 1..depth+3 as the paper counts them: pool1..pool<depth>, fc6, fc7, fc8."""
-    return [f"pool{i}" for i in range(1, depth + 1)] + ["fc6", "fc7", "fc8"]
+def fc_names(encoder: MacroEncoder) -> list[str]:
+    """fc6, fc7, ...: one per Linear layer of the classifier (VGG's and AlexNet's names)."""
+    linears = [m for m in encoder.classifier if isinstance(m, torch.nn.Linear)]
+    return [f"fc{6 + i}" for i in range(len(linears))]
 
 
-def _crops(cfg: DictConfig, dataset, part: str, indices: np.ndarray, batch: int):
+def layer_names(encoder: MacroEncoder) -> list[str]:
+    """Layers 1..n as the model counts them: its taps, then its fc layers."""
+    return [tap.name for tap in encoder.taps()] + fc_names(encoder)
+
+
+def _crops(cfg: DictConfig, dataset: Dataset, part: str, indices: np.ndarray, batch: int):
     """Normalized center crops of ``dataset.<part>`` (train or val) on the CPU."""
     images = dataset.train if part == "train" else dataset.val
     mean, std = torch.tensor(dataset.mean), torch.tensor(dataset.std)
     return center_crop_batches(images, indices, batch, cfg.data.resize, cfg.data.crop, mean, std)
+
+
+def check_fc_input(encoder: MacroEncoder, channels: int, crop: int) -> None:
+    """An fc decoder predicts the top pool from fc6's input: fc6 must read it whole."""
+    with torch.no_grad():
+        top = encoder.encode(torch.zeros(1, channels, crop, crop)).pooled[-1]
+    fc6 = next(m for m in encoder.classifier if isinstance(m, torch.nn.Linear))
+    if top[0].numel() != fc6.in_features:
+        raise UsageError(
+            f"fc6 of this model reads {fc6.in_features} values but its top pool at crop {crop} "
+            f"has {top[0].numel()} (an average pool between them); inversion from fc layers "
+            "needs a crop at which fc6 reads the top pool whole"
+        )
 
 
 def train_fc_decoder(cfg: DictConfig, model: torch.nn.Module, steps: int) -> FcDecoder:
@@ -160,17 +199,28 @@ def train_fc_decoder(cfg: DictConfig, model: torch.nn.Module, steps: int) -> FcD
 @torch.no_grad()
 def reconstruct(
     model: torch.nn.Module, fc: FcDecoder | None, x: torch.Tensor, layer: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the image target, its reconstruction from ``layer``): a macro-layer's pooled code
-    through the top-down decoder, or an fc code through the fc decoder and then it."""
-    enc = model.encode(x)
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(the image target, its reconstructions from layers 1..``layer``) from one encoder
+    pass: a tap through the decoder from its level (or from its conv), an fc code
+    through the fc decoder and then the whole decoder."""
+    enc = model.encode(x, activations=True)
     target = model.targets(x, enc)[0]
-    depth = len(model.decoder.layers)
-    if layer <= depth:
-        return target, model.decoder.topdown(enc, start=layer)[0]
-    codes = fc_codes(model.encoder.classifier, enc.pooled[-1])
-    top = fc(codes[layer - depth - 1], start=layer - depth - 1)[-1]
-    return target, model.decoder.topdown(enc, code=top)[0]
+    taps = model.encoder.taps()
+    images = []
+    codes = fc_codes(model.encoder.classifier, enc.pooled[-1]) if layer > len(taps) else []
+    for number in range(1, layer + 1):
+        if number <= len(taps):
+            tap = taps[number - 1]
+            if tap.conv is None:
+                outputs = model.decoder.topdown(enc, start=tap.level + 1)
+            else:
+                outputs = model.decoder.from_conv(enc, tap.level, tap.conv)
+        else:
+            fc_level = number - len(taps) - 1
+            top = fc(codes[fc_level], start=fc_level)[-1]
+            outputs = model.decoder.topdown(enc, code=top)
+        images.append(outputs[0])
+    return target, images
 
 
 @torch.no_grad()
@@ -180,23 +230,25 @@ def invert(
     fcs: dict[str, FcDecoder | None],
     layer: int,
     rows: int,
+    val_images: int = 0,
 ) -> tuple[list[list[torch.Tensor]], pd.DataFrame]:
     """Picture rows (original, then each model's reconstructions from layers 1..layer)
-    and the relative error of every (model, layer) over the val set."""
+    and the relative error of every (model, layer) over the val set (its first
+    ``val_images``; 0 = all)."""
     dataset = load_dataset(cfg.data)
-    names = layer_names(len(next(iter(models.values())).decoder.layers))
+    names = layer_names(next(iter(models.values())).encoder)
     error = {(name, level): 0.0 for name in models for level in range(1, layer + 1)}
     energy = 0.0
     picture: list[list[torch.Tensor]] = []
-    val = np.arange(len(dataset.val))
-    for x in _crops(cfg, dataset, "val", val, cfg.eval.batch_size):
+    count = len(dataset.val) if val_images == 0 else min(val_images, len(dataset.val))
+    for x in _crops(cfg, dataset, "val", np.arange(count), cfg.eval.batch_size):
         columns: list[torch.Tensor] = []
         for name, model in models.items():
-            for level in range(1, layer + 1):
-                target, image = reconstruct(model, fcs[name], x, level)
-                if not columns:
-                    energy += target.pow(2).sum().item()
-                    columns.append(model.to_pixels(target[:rows]))
+            target, images = reconstruct(model, fcs[name], x, layer)
+            if not columns:
+                energy += target.pow(2).sum().item()
+                columns.append(model.to_pixels(target[:rows]))
+            for level, image in enumerate(images, start=1):
                 error[name, level] += (image - target).pow(2).sum().item()
                 columns.append(model.to_pixels(image[:rows]))
         if not picture:
@@ -215,51 +267,114 @@ def invert(
     return picture, table
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        own, rest = split_argv(argv)
-        if "method" not in own:
-            raise UsageError("method= is required: one of " + ", ".join(_decoding_methods()))
-        names = pair_of(own["method"])
-        cfg = load_config([*rest, f"methods=[{','.join(names)}]"])
-        dataset = load_dataset(cfg.data)
-        encoder = build_encoder(
-            cfg.model.name, dataset.channels, dataset.num_classes, cfg.data.crop
+def save_labeled_grid(
+    rows: list[list[torch.Tensor]],
+    groups: list[tuple[list[str], int]],
+    columns: list[str],
+    row_labels: list[str],
+    path: Path,
+    scale: int = 3,
+    gap: int = 2,
+) -> None:
+    """``rows`` of images as a PNG with a header of two lines (each group's label,
+    widest that fits first, over its columns; each column's label) and a label left of
+    each row, so the picture says what it shows without its caption."""
+    array = grid_array(rows, scale, gap)
+    grid = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).convert("RGB")
+    _, h, w = rows[0][0].shape
+    step_x, step_y, tile = (w + gap) * scale, (h + gap) * scale, w * scale
+    font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line = math.ceil(measure.textbbox((0, 0), "Ag", font=font)[3]) + 4
+    left = max(math.ceil(measure.textlength(label, font=font)) for label in row_labels) + 8
+    top = 2 * line + 2
+    canvas = Image.new("RGB", (left + grid.width, top + grid.height), "white")
+    canvas.paste(grid, (left, top))
+    draw = ImageDraw.Draw(canvas)
+
+    def centered(text: str, x0: int, width: int, y: int) -> None:
+        x = x0 + (width - draw.textlength(text, font=font)) / 2
+        draw.text((x, y), text, fill="black", font=font)
+
+    first = 0
+    for choices, span in groups:
+        x0, width = left + first * step_x, span * step_x - gap * scale
+        fits = [c for c in choices if draw.textlength(c, font=font) <= width] or choices[-1:]
+        centered(fits[0], x0, width, 2)
+        draw.line([(x0, line + 1), (x0 + width, line + 1)], "gray")  # the group's extent
+        first += span
+    for index, text in enumerate(columns):
+        centered(text, left + index * step_x, tile, line + 3)
+    for index, text in enumerate(row_labels):
+        y = top + index * step_y + (h * scale - line) / 2
+        draw.text((4, y), text, fill="black", font=font)
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def picture_labels(
+    names: list[str], layers: list[str], dataset: Dataset, rows: int
+) -> tuple[list[tuple[list[str], int]], list[str], list[str]]:
+    """(groups over the columns, each column's label, each row's label)."""
+    groups: list[tuple[list[str], int]] = [(["original", "orig."], 1)]
+    for name in names:
+        kind = name.partition("_")[0].upper()
+        groups.append(([f"{kind} ({name})", kind], len(layers)))
+    columns = [""] + layers * len(names)
+    targets = dataset.val.targets[:rows]
+    row_labels = [f"val {i}: {dataset.classes[int(t)]}" for i, t in enumerate(targets)]
+    return groups, columns, row_labels
+
+
+def body(argv: list[str]) -> int:
+    own, rest = own_keys(argv, KEYS, "methods.decoding.invert")
+    if "method" not in own:
+        raise UsageError("method= is required: one of " + ", ".join(sorted(_decoding_methods())))
+    names = pair_of(own["method"])
+    cfg = load_config([*rest, f"methods=[{','.join(names)}]"])
+    dataset = load_dataset(cfg.data)
+    encoder = build_encoder(cfg.model.name, dataset.channels, dataset.num_classes, cfg.data.crop)
+    for name in sorted(names, key=lambda name: name != own["method"]):  # the asked one first
+        require(encoder, cfg.model.name, get_method(name).needs, name)
+    layers = layer_names(encoder)
+    taps = len(encoder.taps())
+    layer = _count(own, "layer", taps)
+    if layer > len(layers):
+        raise UsageError(
+            f"layer={layer}, but model {cfg.model.name!r} has layers 1..{len(layers)} "
+            f"({', '.join(layers)})"
         )
-        depth = len(encoder.macro_specs())
-        layer = _int(own, "layer", depth)
-        if layer > depth + 3:
-            raise UsageError(
-                f"layer={layer}, but model {cfg.model.name!r} has layers 1..{depth + 3} "
-                f"({', '.join(layer_names(depth))})"
-            )
-        rows = _int(own, "images", 8)
-        fc_steps = _int(own, "fc_steps", 500)
-        plan = make_plan(cfg)
-        models = load_models(cfg, names, plan)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if layer > taps:
+        check_fc_input(encoder, dataset.channels, cfg.data.crop)
+    rows = _count(own, "images", 8)
+    fc_steps = _count(own, "fc_steps", 500)
+    val_images = _count(own, "val_images", 0, minimum=0)
+    plan = make_plan(cfg)
+    models = load_models(cfg, names, plan)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     fcs = {
-        name: train_fc_decoder(cfg, model, fc_steps) if layer > depth else None
+        name: train_fc_decoder(cfg, model, fc_steps) if layer > taps else None
         for name, model in models.items()
     }
-    picture, table = invert(cfg, models, fcs, layer, rows)
+    picture, table = invert(cfg, models, fcs, layer, rows, val_images)
     out = Path(cfg.results) / cfg.suite / "invert"
     budget, seed = first_run_of(cfg, plan)
     stem = f"{own['method']}-labels{budget}-seed{seed}-layer{layer}"
-    save_grid(picture, out / f"{stem}.png")
+    groups, columns, row_labels = picture_labels(names, layers[:layer], dataset, len(picture))
+    save_labeled_grid(picture, groups, columns, row_labels, out / f"{stem}.png")
     atomic_write_text(out / f"{stem}.json", table.to_json(orient="records", indent=2) + "\n")
     wide = table.pivot(index=["layer", "name"], columns="method", values="relative_error")
     print(f"relative reconstruction error of the val images from each layer ({cfg.suite}):\n")
     print(wide.reset_index().to_markdown(index=False, floatfmt=".4f"))
-    layers = layer_names(depth)[:layer]
-    columns = ["original"] + [f"{n} from {layers[i]}" for n in names for i in range(layer)]
-    print(f"\npicture: {out / stem}.png (columns: {', '.join(columns)})")
+    shown = ["original"] + [f"{n} from {layers[i]}" for n in names for i in range(layer)]
+    print(f"\npicture: {out / stem}.png (columns: {', '.join(shown)})")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(COMMAND, body, argv)
 
 
 if __name__ == "__main__":

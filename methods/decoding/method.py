@@ -39,7 +39,7 @@ from harness.data import Dataset
 from harness.errors import UsageError
 from harness.images import save_grid
 from harness.method import Batch, Method, Stage, register_method
-from harness.models import VGG, Encoding
+from harness.models import MACRO_LAYERS, SWITCHES, Encoding, MacroEncoder
 from methods.decoding.decoders import Decoder
 
 PLACEMENTS = ("first", "all", "layerwise")
@@ -48,7 +48,9 @@ PLACEMENTS = ("first", "all", "layerwise")
 class DecodingNet(nn.Module):
     """A classifier (``encoder``) with a mirrored ``decoder``; forward classifies."""
 
-    def __init__(self, encoder: VGG, kind: str, mean: tuple[float, ...], std: tuple[float, ...]):
+    def __init__(
+        self, encoder: MacroEncoder, kind: str, mean: tuple[float, ...], std: tuple[float, ...]
+    ):
         super().__init__()
         self.encoder = encoder
         self.decoder = Decoder(encoder.macro_specs(), kind)
@@ -59,8 +61,10 @@ class DecodingNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
 
-    def encode(self, x: torch.Tensor) -> Encoding:
-        return self.encoder.encode(x, switches=self.kind == "swwae")
+    def encode(self, x: torch.Tensor, activations: bool = False) -> Encoding:
+        """The encoder pass the decoder reads (with switches for SWWAE); ``activations``
+        also keeps every conv's output (inversion from inside a macro-layer)."""
+        return self.encoder.encode(x, switches=self.kind == "swwae", activations=activations)
 
     def targets(self, x: torch.Tensor, enc: Encoding) -> list[torch.Tensor]:
         """What each decoder level predicts: the image (reference units), pool1, pool2, ..."""
@@ -80,7 +84,7 @@ class DecodingPathway(Method):
     placement: ClassVar[str]
     config_sections = ("decoding",)
 
-    def build_model(self, encoder: VGG, dataset: Dataset) -> nn.Module:
+    def build_model(self, encoder: MacroEncoder, dataset: Dataset) -> nn.Module:
         levels = len(encoder.macro_specs())
         weights = list(self.cfg.decoding.weights)
         if len(weights) != levels:
@@ -194,6 +198,8 @@ def _register(kind: str, placement: str) -> None:
         {
             "kind": kind,
             "placement": placement,
+            # the decoder mirrors macro-layers; SWWAE unpools with the encoder's switches
+            "needs": frozenset({MACRO_LAYERS, SWITCHES} if kind == "swwae" else {MACRO_LAYERS}),
             "__doc__": (
                 f"{kind.upper()}-{placement}: decoding pathway variant (see the module docstring)."
             ),
