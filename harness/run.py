@@ -21,8 +21,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tabulate import tabulate
 
-from harness.cli import Command, run_command
-from harness.config import load_config, suite_schema
+from harness.cli import run_command
+from harness.config import load_config, suite_command
 from harness.data import load_dataset, load_or_store_split
 from harness.engine.checkpoint import load_weights
 from harness.engine.distributed import is_main_process
@@ -116,14 +116,12 @@ def check_pretrained(path: str, encoder: torch.nn.Module) -> None:
         ) from None
 
 
-COMMAND = Command(
-    usage="python -m harness.run [suite=NAME] [key=value ...]",
-    summary="Plan every run of a suite (methods x label budgets x seeds), train what is not "
+COMMAND = suite_command(
+    "harness.run",
+    "Plan every run of a suite (methods x label budgets x seeds), train what is not "
     "done yet under the chosen launcher, then write and print the report. dry_run=true prints "
     "the plan and writes nothing. Bad input: one line on stderr, exit 2, nothing written; "
     "exit 1 if a run failed.",
-    keys=[("suite=digits", "a suite in suites/ or a path to a YAML file of your own")],
-    schema=suite_schema,
 )
 
 

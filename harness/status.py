@@ -30,8 +30,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 from tabulate import tabulate
 
-from harness.cli import Command, run_command
-from harness.config import load_config, suite_schema
+from harness.cli import run_command
+from harness.config import load_config, suite_command
 from harness.errors import UsageError
 from harness.launch.slurm import (
     RUNNING_STATES,
@@ -189,13 +189,11 @@ def render(states: list[RunState]) -> str:
     return "\n".join(lines)
 
 
-COMMAND = Command(
-    usage="python -m harness.status [suite=NAME] [key=value ...]",
-    summary="Where each run of a suite's plan stands (done, running, failed, queued on "
+COMMAND = suite_command(
+    "harness.status",
+    "Where each run of a suite's plan stands (done, running, failed, queued on "
     "SLURM, ...), with the epoch it reached and the first lines of its error; the same keys "
     "as harness.run give the same runs. Reads only; writes nothing.",
-    keys=[("suite=digits", "a suite in suites/ or a path to a YAML file of your own")],
-    schema=suite_schema,
 )
 
 

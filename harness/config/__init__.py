@@ -10,6 +10,7 @@ from harness.config.load import (
     ffcv_installed,
     load_config,
     parse_overrides,
+    suite_command,
     suite_path,
     suite_schema,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "parse_overrides",
     "register_settings",
     "run_relevant",
+    "suite_command",
     "suite_path",
     "suite_schema",
 ]

@@ -19,7 +19,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from harness.cli import key_values
+from harness.cli import Command, key_values
 from harness.config.schema import (
     DEFAULT_SUITE,
     LAUNCHER_NAMES,
@@ -42,6 +42,18 @@ def suite_schema() -> type:
         for name, section in method_sections().items()
     ]
     return dataclasses.make_dataclass("Suite", extra, bases=(SuiteConfig,))
+
+
+def suite_command(module: str, summary: str) -> Command:
+    """The ``--help`` of an entry point that reads a suite: its keys from the schema."""
+    return Command(
+        usage=f"python -m {module} [suite=NAME] [key=value ...]",
+        summary=summary,
+        keys=[
+            (f"suite={DEFAULT_SUITE}", "a suite in suites/ or a path to a YAML file of your own")
+        ],
+        schema=suite_schema,
+    )
 
 
 def available_suites() -> list[str]:

@@ -10,20 +10,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from harness.cli import Command, run_command
-from harness.config import load_config, suite_schema
+from harness.cli import run_command
+from harness.config import load_config, suite_command
 from harness.errors import UsageError
 from harness.plan import make_plan
 from harness.report.build import build_report, print_report
 
-COMMAND = Command(
-    usage="python -m harness.report [suite=NAME] [key=value ...]",
-    summary="Write results/<suite>/report/ (table.md, table.tex, stats.csv, summary.md, "
+COMMAND = suite_command(
+    "harness.report",
+    "Write results/<suite>/report/ (table.md, table.tex, stats.csv, summary.md, "
     "figures) from the stored run records of the suite's plan, and print its tables; the "
     "same keys as harness.run give the same runs, methods= chooses the rows. Reads only the "
     "store.",
-    keys=[("suite=digits", "a suite in suites/ or a path to a YAML file of your own")],
-    schema=suite_schema,
 )
 
 
