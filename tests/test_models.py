@@ -218,9 +218,8 @@ def test_an_mlp_baseline_trains_and_its_report_shows_dense_as_missing(results):
     (row,) = [line for line in result.stdout.splitlines() if line.startswith("| baseline")]
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert cells[3] != MISSING_MD and "nan" not in cells[3], row
-    # no number in the dense columns; "nan ± 0.00" until harness/report/tables.py shows a
-    # column a model does not offer as missing (MISSING_MD), as it shows unfinished seeds
-    assert all(cell in (MISSING_MD, "nan ± 0.00") for cell in cells[-2:]), row
+    # no number in the dense columns: a column the model does not offer is missing
+    assert all(cell == MISSING_MD for cell in cells[-2:]), row
 
 
 def test_alexnet_trains_every_decoding_variant_and_inverts_from_its_eight_layers(tmp_path):

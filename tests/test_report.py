@@ -8,6 +8,7 @@ many errors swapped in as out (no difference).
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -22,9 +23,11 @@ import pytest
 from harness.config import load_config
 from harness.plan import make_plan
 from harness.report import data as report_data
-from harness.report.build import build_report
-from harness.report.data import load_runs
-from harness.store import RunRecord
+from harness.report import extras as report_extras
+from harness.report.build import build_report, print_report
+from harness.report.data import CORRECT_NAME, load_runs
+from harness.report.extras import Extra, Section
+from harness.store import RunRecord, correctness
 from tests.conftest import REPO, run_cli
 
 VAL, CLASSES = 3000, 10
@@ -232,7 +235,9 @@ def test_cache_rereads_only_changed_records(suite, monkeypatch):
     calls = []
     original = report_data.read_record
     monkeypatch.setattr(
-        report_data, "read_record", lambda folder: calls.append(folder) or original(folder)
+        report_data,
+        "read_record",
+        lambda folder, **kw: calls.append(folder) or original(folder, **kw),
     )
     build_report(cfg, plan)
     assert calls == []  # all 18 from runs.parquet
@@ -416,3 +421,66 @@ def test_three_seeds_say_wilcoxon_cannot_reach_alpha(suite):
         "7 seeds." in summary
     )
     assert pooled(report, "swwae_all")["wilcoxon_p_holm"] == pytest.approx(0.5)
+
+
+def test_the_difference_figure_is_written_and_listed(suite):
+    cfg, plan = suite
+    with_plots = load_config([*ARGS, f"results={cfg.results}", "report.plots=true"])
+    report = build_report(with_plots, plan)
+    for kind in ("png", "pdf"):
+        assert (report.folder / f"difference_vs_baseline.{kind}").stat().st_size > 1000
+    summary = (report.folder / "summary.md").read_text()
+    figures = summary.split("## Figures")[1]
+    assert "- `error_vs_labels.png`\n- `difference_vs_baseline.png`" in figures
+
+
+def test_a_method_familys_extra_reaches_the_summary_and_the_screen(suite, monkeypatch, capsys):
+    """The report names no method: a registered extra's section is printed and
+    written as given, after the runs' sections; its figures are listed."""
+    cfg, plan = suite
+    seen = []
+
+    def extra(inputs):
+        seen.append(inputs)
+        figure = inputs.out / "extra.png"
+        figure.write_bytes(b"png")
+        return Extra((Section("Summary title", "screen title", "| a |\n|--|"),), (figure,))
+
+    monkeypatch.setitem(report_extras._EXTRAS, "test.extra", extra)
+    report = build_report(cfg, plan)
+    (inputs,) = seen
+    assert inputs.methods == METHODS and len(inputs.runs) == len(plan) and not inputs.plots
+    assert inputs.suite_dir == Path(cfg.results) / "digits" and inputs.out == report.folder
+    assert report.sections[-1].markdown == "| a |\n|--|"
+    summary = (report.folder / "summary.md").read_text()
+    assert "## Summary title\n\n| a |\n|--|\n" in summary and "- `extra.png`" in summary
+    print_report(cfg, report)
+    assert "## digits: screen title\n\n| a |\n|--|" in capsys.readouterr().out
+
+
+def write_correct(record: RunRecord) -> None:
+    """correct.json from the record's predictions, as the store writes it."""
+    with np.load(record.predictions_file) as arrays:
+        loaded = {name: arrays[name] for name in arrays.files}
+    record.correct_file.write_text(json.dumps(correctness(loaded), sort_keys=True) + "\n")
+
+
+def test_correct_json_and_predictions_give_the_same_rows(suite, tmp_path):
+    """The cheap form of the per-example correctness and the predictions it is made
+    from are read to identical rows; a damaged one fails that run, not the report."""
+    cfg, plan = suite
+    suite_dir = Path(cfg.results) / "digits"
+    for spec in plan:
+        write_correct(RunRecord(suite_dir / spec.run_id))
+    fast, _ = load_runs(suite_dir, plan)
+    for spec in plan:
+        (suite_dir / spec.run_id / CORRECT_NAME).unlink()
+    slow, _ = load_runs(suite_dir, plan)
+    same = [c for c in slow.columns if c != "stamp"]
+    assert any(c.startswith("hits_") for c in same)
+    pd.testing.assert_frame_equal(fast[same], slow[same])
+    damaged = suite_dir / plan[0].run_id / CORRECT_NAME
+    damaged.write_text(json.dumps({"top1_val": {"examples": 3000, "bits": "AAAA"}}))
+    runs, _ = load_runs(suite_dir, plan)
+    assert runs.iloc[0]["status"] == "failed" and "bytes for 3000 images" in runs.iloc[0]["error"]
+    assert (runs.iloc[1:]["status"] == "done").all()

@@ -2,9 +2,10 @@
 
 ``data`` (records -> one DataFrame), ``stats`` (the tests), ``compare`` (every
 method against the baseline), ``tables`` (Markdown and LaTeX), ``plots``
-(seaborn figures), ``build`` (writes the report folder). Importing it loads no
-torch and no model: it reads only the store. ``python -m harness.report`` is
-``harness/report/__main__.py``.
+(seaborn figures), ``extras`` (the sections and figures method families add,
+through ``methods/<family>/report.py``), ``build`` (writes the report folder).
+Importing it loads no torch, no model and no method: it reads only the store.
+``python -m harness.report`` is ``harness/report/__main__.py``.
 """
 
 from harness.report.build import Report, build_report, print_report

@@ -121,6 +121,12 @@ def compare(
     return out.reindex(columns=STATS_COLUMNS).reset_index(drop=True)
 
 
+def _is_bytes(column: pd.Series) -> np.ndarray:
+    """Which rows hold packed correctness (a run without predictions holds nan, or
+    None once cached)."""
+    return np.fromiter((isinstance(v, bytes) for v in column), bool, len(column))
+
+
 def _column_rows(
     pairs: pd.DataFrame, key: str, resamples: int, seed: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -132,8 +138,8 @@ def _column_rows(
     usable = (
         (pairs["status"] == "done")
         & (pairs["status_base"] == "done")
-        & pairs[cell].map(lambda v: isinstance(v, bytes))
-        & pairs[f"{cell}_base"].map(lambda v: isinstance(v, bytes))
+        & _is_bytes(pairs[cell])
+        & _is_bytes(pairs[f"{cell}_base"])
         & (pairs[size] == pairs[f"{size}_base"])  # the same images, or no pairing
     )
     both = pairs[usable]
@@ -151,57 +157,87 @@ def _column_rows(
             "only_method_right": c,
             "difference": 100.0 * (np.asarray(b) - np.asarray(c)) / np.maximum(n, 1),
             "mcnemar_p": mcnemar_p(b, c) if len(both) else [],
-            # the final models' errors: what the per-example tests above compare
-            "_final": both[key].to_numpy(float),
-            "_final_base": both[f"{key}_base"].to_numpy(float),
         }
     )
+    # the final models' errors: what the per-example tests above compare
+    finals = (both[key].to_numpy(float), both[f"{key}_base"].to_numpy(float))
     # pooled only where every planned seed of the pair is usable
     complete = usable.groupby([pairs["labels"], pairs["method"]]).all()
     complete = {k for k, v in complete.items() if v}
-    pooled_rows = []
-    for (labels, method), group in per_seed.groupby(["labels", "method"], sort=False):
-        if (labels, method) not in complete:
-            continue
-        group = group.sort_values("seed", key=lambda s: s.astype(int))
-        b_sum, c_sum, n_sum = (
-            int(group[k].sum()) for k in ("only_baseline_right", "only_method_right", "pairs")
-        )
-        diff, low, high = paired_bootstrap_ci(b_sum, c_sum, n_sum, resamples=resamples, seed=seed)
-        pooled_rows.append(
-            {
-                "labels": labels,
-                "method": method,
-                "metric": key,
-                "seed": "all",
-                "seeds": len(group),
-                "pairs": n_sum,
-                "only_baseline_right": b_sum,
-                "only_method_right": c_sum,
-                "difference": diff,
-                "cond_ci_low": low,
-                "cond_ci_high": high,
-                "mcnemar_p": mcnemar_p(b_sum, c_sum),
-                "baseline_error": group["_final_base"].mean(),
-                "method_error": group["_final"].mean(),
-                "seeds_better": int((group["_final"] < group["_final_base"]).sum()),
-                "_final": group["_final"].to_numpy(),
-                "_final_base": group["_final_base"].to_numpy(),
-            }
-        )
-    pooled = pd.DataFrame(pooled_rows)
-    if len(pooled):
-        # the seeds' final errors: one paired test per method, all at once per seed count
-        for rows in pooled.groupby("seeds").groups.values():
-            base = np.stack(pooled.loc[rows, "_final_base"].to_list())
-            mine = np.stack(pooled.loc[rows, "_final"].to_list())
-            across = across_seeds(base, mine)
-            t = paired_t(mine - base)
-            pooled.loc[rows, "seed_mean_difference"] = t["mean_difference"]
-            pooled.loc[rows, "ttest_ci_low"] = t["ci_low"]
-            pooled.loc[rows, "ttest_ci_high"] = t["ci_high"]
-            pooled.loc[rows, "ttest_p"] = t["p"]
-            pooled.loc[rows, "wilcoxon_p"] = across["wilcoxon_p"]
-    return per_seed.drop(columns=["_final", "_final_base"]), pooled.drop(
-        columns=["_final", "_final_base"], errors="ignore"
+    seeds = both["seed"].to_numpy()
+    groups = [
+        (labels, method, rows[np.argsort(seeds[rows], kind="stable")])
+        for (labels, method), rows in per_seed.groupby(
+            ["labels", "method"], sort=False
+        ).indices.items()
+        if (labels, method) in complete
+    ]
+    pooled = _pooled_rows(key, groups, np.asarray(b), np.asarray(c), n, finals, resamples, seed)
+    return per_seed, pooled
+
+
+def _mean(values: np.ndarray) -> float:
+    """The mean of the values that are not nan, as pandas takes it."""
+    kept = values[~np.isnan(values)]
+    return float(kept.mean()) if len(kept) else float("nan")
+
+
+def _pooled_rows(
+    key: str,
+    groups: list[tuple[str, str, np.ndarray]],
+    b: np.ndarray,
+    c: np.ndarray,
+    n: np.ndarray,
+    finals: tuple[np.ndarray, np.ndarray],
+    resamples: int,
+    seed: int,
+) -> pd.DataFrame:
+    """One ``seed = all`` row per (labels, method, positions of its seeds in seed
+    order): counts summed over the seeds, the conditional bootstrap CI, and the
+    tests across seeds on the final errors. Arrays in, one DataFrame out: a
+    DataFrame per group costs more than the tests."""
+    if not groups:
+        return pd.DataFrame()
+    final, final_base = finals
+    b_sum = np.array([b[rows].sum() for _, _, rows in groups], dtype=np.int64)
+    c_sum = np.array([c[rows].sum() for _, _, rows in groups], dtype=np.int64)
+    n_sum = np.array([n[rows].sum() for _, _, rows in groups], dtype=np.int64)
+    cond = [
+        paired_bootstrap_ci(int(bs), int(cs), int(ns), resamples=resamples, seed=seed)
+        for bs, cs, ns in zip(b_sum, c_sum, n_sum, strict=True)
+    ]
+    pooled = pd.DataFrame(
+        {
+            "labels": [labels for labels, _, _ in groups],
+            "method": [method for _, method, _ in groups],
+            "metric": key,
+            "seed": "all",
+            "seeds": np.array([len(rows) for _, _, rows in groups], dtype=np.int64),
+            "pairs": n_sum,
+            "only_baseline_right": b_sum,
+            "only_method_right": c_sum,
+            "difference": [diff for diff, _, _ in cond],
+            "cond_ci_low": [low for _, low, _ in cond],
+            "cond_ci_high": [high for _, _, high in cond],
+            "mcnemar_p": mcnemar_p(b_sum, c_sum),
+            "baseline_error": [_mean(final_base[rows]) for _, _, rows in groups],
+            "method_error": [_mean(final[rows]) for _, _, rows in groups],
+            "seeds_better": np.array(
+                [(final[rows] < final_base[rows]).sum() for _, _, rows in groups], dtype=np.int64
+            ),
+        }
     )
+    # the seeds' final errors: one paired test per method, all at once per seed count
+    for count, rows in pooled.groupby("seeds").indices.items():
+        chosen = [groups[i][2] for i in rows]
+        base = np.stack([final_base[r] for r in chosen]).reshape(len(rows), count)
+        mine = np.stack([final[r] for r in chosen]).reshape(len(rows), count)
+        across = across_seeds(base, mine)
+        t = paired_t(mine - base)
+        index = pooled.index[rows]
+        pooled.loc[index, "seed_mean_difference"] = t["mean_difference"]
+        pooled.loc[index, "ttest_ci_low"] = t["ci_low"]
+        pooled.loc[index, "ttest_ci_high"] = t["ci_high"]
+        pooled.loc[index, "ttest_p"] = t["p"]
+        pooled.loc[index, "wilcoxon_p"] = across["wilcoxon_p"]
+    return pooled

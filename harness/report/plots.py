@@ -2,15 +2,17 @@
 
 - ``error_vs_labels``: final top-1 val error against the number of labeled
   images, one line per method, 95% CI over seeds (budgets with every seed done).
+- ``difference_vs_baseline``: each method's top-1 val error minus the baseline's,
+  the mean of the per-seed differences with its 95% t-based CI (the test behind
+  the table's marks), one x position per label budget, a line at 0.
 - ``seeds``: every seed's final top-1 val error as a point, per method, one
   panel per label budget, with the mean and its 95% CI.
 - ``learning_curves``: top-1 val error over training epochs from history.csv,
   mean ± 1.96 standard errors over seeds, one panel per label budget and stage.
-- ``recon_grids``: the ``samples.png`` of each method that reconstructs images
-  (val images over their reconstructions), one row per method.
 
-Files are written only when their bytes change (PDFs carry no creation date),
-so rerunning a finished suite leaves them untouched.
+Method families add their own figures (``harness.report.extras``), written with
+``save_figure``. Files are written only when their bytes change (PDFs carry no
+creation date), so rerunning a finished suite leaves them untouched.
 """
 
 from __future__ import annotations
@@ -25,14 +27,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
-from PIL import Image  # noqa: E402
 
+from harness.report.compare import MARKS_TEST  # noqa: E402
+from harness.report.data import ERROR_COLUMNS  # noqa: E402
 from harness.store import atomic_write_if_changed  # noqa: E402
 
 _METADATA = {"pdf": {"CreationDate": None}, "png": {}}
 
 
 def save_figure(fig: plt.Figure, out: Path, name: str) -> list[Path]:
+    """``out/<name>.png`` and ``.pdf`` (only where their bytes changed); closes
+    ``fig``. Returns both paths."""
     written = []
     for kind in ("png", "pdf"):
         buffer = io.BytesIO()
@@ -44,7 +49,8 @@ def save_figure(fig: plt.Figure, out: Path, name: str) -> list[Path]:
     return written
 
 
-def _budget_order(runs: pd.DataFrame) -> list[str]:
+def budget_order(runs: pd.DataFrame) -> list[str]:
+    """The label budgets in plan order (as the tables list them)."""
     return list(dict.fromkeys(runs["labels"]))
 
 
@@ -77,7 +83,7 @@ def seeds(runs: pd.DataFrame, methods: list[str], out: Path) -> list[Path]:
     done = runs[runs["status"] == "done"]
     if done.empty:
         return []
-    budgets = [b for b in _budget_order(runs) if b in set(done["labels"])]
+    budgets = [b for b in budget_order(runs) if b in set(done["labels"])]
     order = [m for m in methods if m in set(done["method"])]
     fig, axes = plt.subplots(
         1, len(budgets), figsize=(1.2 + 0.9 * len(order) * len(budgets), 4), squeeze=False
@@ -107,12 +113,12 @@ def seeds(runs: pd.DataFrame, methods: list[str], out: Path) -> list[Path]:
 
 def learning_curves(history: pd.DataFrame, methods: list[str], out: Path) -> list[Path]:
     """One panel per (budget, stage that evaluates val), x = epoch within the stage:
-    a stage copied from another run (the decoders' step 1 is the baseline's
+    a stage copied from another run (a method whose first step is the baseline's
     pretrain) has no rows of its own, so stages line up only stage by stage."""
     evaluated = history.dropna(subset=["top1_val"])
     if evaluated.empty:
         return []
-    budgets = _budget_order(evaluated)
+    budgets = budget_order(evaluated)
     stages = list(dict.fromkeys(evaluated["stage"]))
     order = [m for m in methods if m in set(evaluated["method"])]
     fig, axes = plt.subplots(
@@ -142,44 +148,49 @@ def learning_curves(history: pd.DataFrame, methods: list[str], out: Path) -> lis
     return save_figure(fig, out, "learning_curves")
 
 
-def recon_grids(runs: pd.DataFrame, suite_dir: Path, methods: list[str], out: Path) -> list[Path]:
-    """One ``samples.png`` per method: the last listed budget's lowest done seed."""
-    chosen = []
-    budgets = {b: i for i, b in enumerate(_budget_order(runs))}
-    for method in methods:
-        group = runs[(runs["method"] == method) & (runs["status"] == "done")]
-        group = group.assign(budget=group["labels"].map(budgets))
-        for _, row in group.sort_values(["budget", "seed"], ascending=[False, True]).iterrows():
-            path = suite_dir / row["run_id"] / "samples.png"
-            if path.is_file():
-                chosen.append((f"{method} ({row['labels']} labels, seed {row['seed']})", path))
-                break
-    if not chosen:
+def difference_vs_baseline(
+    comparisons: pd.DataFrame, methods: list[str], out: Path, metric: str = "top1_val"
+) -> list[Path]:
+    """Per budget, each method's error minus the baseline's with its 95% CI, as the
+    summary's table gives them (the pooled rows of ``stats.csv``). A method whose
+    seeds are too few for a CI is a point without bars."""
+    pooled = comparisons[(comparisons["seed"] == "all") & (comparisons["metric"] == metric)]
+    if pooled.empty:
         return []
-    images = []
-    for title, path in chosen:
-        with Image.open(path) as image:
-            images.append((title, image.convert("RGB")))
-    aspect = max(image.height / image.width for _, image in images)
-    fig, axes = plt.subplots(
-        len(images), 1, figsize=(8, (8 * aspect + 0.35) * len(images)), squeeze=False
-    )
-    for ax, (title, image) in zip(axes[:, 0], images, strict=True):
-        ax.imshow(image, interpolation="nearest")
-        ax.set_title(title, fontsize=9)
-        ax.axis("off")
-    fig.suptitle("val images (top) over their reconstructions (bottom)")
-    fig.tight_layout()
-    return save_figure(fig, out, "recon_grids")
+    budgets = budget_order(pooled)
+    order = [m for m in methods if m in set(pooled["method"])]
+    colors = dict(zip(methods, sns.color_palette(n_colors=len(methods)), strict=True))
+    width = min(0.6 / len(order), 0.15)  # the methods side by side at each budget
+    fig, ax = plt.subplots(figsize=(max(5.0, 2.0 + 0.25 * len(order) * len(budgets)), 4))
+    for i, method in enumerate(order):
+        rows = pooled[pooled["method"] == method].set_index("labels").reindex(budgets)
+        x = np.arange(len(budgets)) + (i - (len(order) - 1) / 2) * width
+        mean = rows["seed_mean_difference"].to_numpy(float)
+        low = rows[f"{MARKS_TEST}_ci_low"].to_numpy(float)
+        high = rows[f"{MARKS_TEST}_ci_high"].to_numpy(float)
+        bars = np.nan_to_num(np.stack([mean - low, high - mean]))  # no CI: no bar
+        ax.errorbar(x, mean, yerr=bars, fmt="o", capsize=3, color=colors[method], label=method)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(np.arange(len(budgets)), budgets)
+    ax.set_xlim(-0.5, len(budgets) - 0.5)
+    title = dict(ERROR_COLUMNS)[metric]
+    ax.set(xlabel="labels", ylabel=f"{title} error − baseline's (points)")
+    ax.set_title("Difference to the baseline (mean over seeds, 95% CI)")
+    ax.legend(fontsize="small")
+    return save_figure(fig, out, "difference_vs_baseline")
 
 
 def all_plots(
-    runs: pd.DataFrame, history: pd.DataFrame, suite_dir: Path, methods: list[str], out: Path
+    runs: pd.DataFrame,
+    history: pd.DataFrame,
+    comparisons: pd.DataFrame,
+    methods: list[str],
+    out: Path,
 ) -> list[Path]:
     sns.set_theme(style="whitegrid", context="paper")
     return (
         error_vs_labels(runs, methods, out)
+        + difference_vs_baseline(comparisons, methods, out)
         + seeds(runs, methods, out)
         + learning_curves(history, methods, out)
-        + recon_grids(runs, suite_dir, methods, out)
     )
