@@ -2,7 +2,7 @@
 
 One process, one real batch (Fashion-MNIST if installed, else digits), the
 suite's model and batch sizes. Every variant takes the trainer's own step
-(``harness.engine.lifecycle.train_one_epoch``) of the joint fine-tune (step 4: cross-entropy
+(``harness.engine.loop.train_one_epoch``) of the joint fine-tune (step 4: cross-entropy
 on the labeled batch, reconstruction on labeled + unlabeled); the baseline takes
 its classification-only fine-tune step. Variants alternate round by round and
 the median step time of each is reported. FLOPs of one step (forward +

@@ -2,7 +2,7 @@
 
 Both sides train the same model (same init), on the same images, with the same
 batch size, optimizer, crops and normalization; the bare side is the ten lines
-one would write by hand, the harness side is ``harness.engine.lifecycle.train_one_epoch``
+one would write by hand, the harness side is ``harness.engine.loop.train_one_epoch``
 fed by ``stage_batches`` (seeded batches, Batch objects, the method's loss
 dict, LR scheduler, progress bar). Epochs alternate between the two sides and
 the median of each is reported, with the ratio (goal: <= 1.05).

@@ -5,8 +5,7 @@ A method family is one module (``methods/baseline.py``) or one package under
 the harness imports only what it needs:
 
 - ``methods/<family>/settings.py``: its typed suite section (``@register_settings``;
-  dataclasses only). The config loader imports it, so the report can validate a
-  suite without torch.
+  dataclasses only), imported by the config loader.
 - ``methods/<family>/method.py``: its methods (``@register_method``; torch).
 - ``methods/<family>/report.py``: its additions to the report
   (``@register_report_extra``; pandas and matplotlib, no torch).

@@ -57,7 +57,7 @@ def validate(argv: list[str]) -> tuple[DictConfig, list[RunSpec]]:
         require(encoder, cfg.model.name, method.needs, name)  # what it needs the model offers
         method(cfg).build_model(encoder, dataset)
     # every split drawn (and a stored one checked) now; with every image labeled, stages
-    # that train on the pool read the labeled set (harness.engine.lifecycle.Context.pool)
+    # that train on the pool read the labeled set (harness.engine.context.Context.draws_pool)
     for labels, seed in dict.fromkeys((spec.labels, spec.split_seed) for spec in plan):
         load_or_store_split(Path(cfg.results), dataset, labels, seed, store=False)
     return cfg, plan

@@ -90,7 +90,7 @@ def _imports(path: Path) -> tuple[set[str], list[tuple[int, str]]]:
 
 def test_no_import_is_placed_inside_a_function_but_optional_or_heavy_ones():
     found = []
-    for path in _sources():
+    for path in _sources() + sorted((REPO / "methods").rglob("*.py")):
         for line, name in _imports(path)[1]:
             if not any(
                 name == allowed or name.startswith(allowed + ".") for allowed in LATE_IMPORTS
@@ -137,3 +137,25 @@ def test_importing_the_report_loads_no_torch_and_no_model():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_the_launchers_registered_are_the_ones_the_config_accepts():
+    from harness.config import LAUNCHER_NAMES
+    from harness.launch import LAUNCHERS
+
+    assert tuple(LAUNCHERS) == LAUNCHER_NAMES
+
+
+def test_a_settings_section_cannot_take_an_engine_key():
+    from dataclasses import dataclass
+
+    import pytest
+
+    from harness.config import register_settings
+
+    with pytest.raises(ValueError, match="'optim' would replace the engine's own key"):
+
+        @register_settings("optim")
+        @dataclass
+        class Shadow:
+            lr: float = 1.0

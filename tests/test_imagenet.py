@@ -143,7 +143,7 @@ def test_both_loaders_see_the_same_images_labels_and_split(folder, betons):
 def test_pool_batches_come_from_their_own_indices_and_a_tiny_labeled_set_still_batches(
     folder, betons, monkeypatch
 ):
-    import harness.engine.lifecycle as train
+    import harness.engine.batches as train
     from harness.method import get_method
     from harness.plan import make_plan
 

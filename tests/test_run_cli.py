@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -123,6 +124,8 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
         assert len(attempts) == 2 and attempts[0]["pid"] != attempts[1]["pid"]
         for key in ("host", "torch", "threads", "world_size", "device", "started"):
             assert attempts[1][key] is not None, key
+        # the tests run from the repo's own checkout
+        assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", attempts[1]["git_commit"]), attempts[1]
         total = json.loads((killed / "digits" / run_id / "metrics.json").read_text())["seconds"]
         assert total > checkpoint["seconds"] > 0
 

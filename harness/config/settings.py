@@ -17,10 +17,14 @@ less ``id_exclude`` (keys that only draw pictures). It never reads the keys.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from harness.config.schema import SuiteConfig
 from harness.plugins import import_plugins
+
+ENGINE_KEYS = frozenset(spec.name for spec in dataclasses.fields(SuiteConfig))
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,8 @@ SETTINGS: dict[str, SettingsSection] = {}
 
 def register_settings(name: str, *, id_exclude: tuple[str, ...] = ()) -> Callable[[type], type]:
     def add(schema: type) -> type:
+        if name in ENGINE_KEYS:
+            raise ValueError(f"settings section {name!r} would replace the engine's own key")
         known = SETTINGS.get(name)
         if known is not None and known.schema is not schema:
             raise ValueError(f"settings section {name!r} registered twice")

@@ -46,7 +46,7 @@ def _harness_version() -> str:
 def _git_commit() -> str | None:
     """The commit of the checkout the harness runs from (None outside one), with
     ``-dirty`` where tracked files differ from it."""
-    source = Path(__file__).resolve().parent.parent
+    source = Path(__file__).resolve().parents[2]  # harness/engine/provenance.py -> repo
     try:
         commit = subprocess.run(
             ["git", "-C", str(source), "rev-parse", "--show-toplevel", "HEAD"],

@@ -43,7 +43,7 @@ from harness.data import Dataset, center_crop_batches, load_dataset
 from harness.engine.checkpoint import load_weights
 from harness.errors import UsageError, unknown
 from harness.images import grid_array
-from harness.method import get_method
+from harness.method import available_methods, get_method
 from harness.models import MacroEncoder, build_encoder, require
 from harness.plan import RunSpec, make_plan
 from harness.seeding import derive_seed, numpy_rng
@@ -90,7 +90,6 @@ def pair_of(method: str) -> list[str]:
 
 
 def _decoding_methods() -> list[str]:
-    from harness.method import available_methods
 
     return [m for m in available_methods() if m.partition("_")[0] in KINDS]
 

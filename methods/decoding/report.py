@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
+from PIL import Image
 
 from harness.report.extras import Extra, ExtraInputs, Section, register_report_extra
 from harness.report.tables import MISSING_MD, mean_std, seeds_text
@@ -88,8 +89,7 @@ def recon_grids(runs: pd.DataFrame, suite_dir: Path, methods: list[str], out: Pa
 
 def _draw_grids(chosen: list[tuple[str, Path]]) -> Figure:
     """One row per (title, samples.png); after ``harness.report.plots`` is imported."""
-    import matplotlib.pyplot as plt
-    from PIL import Image
+    import matplotlib.pyplot as plt  # slow to import: only where figures are drawn
 
     images = []
     for title, path in chosen:
