@@ -61,6 +61,23 @@ Builder = Callable[[int, int, int, float], Encoder]
 MODELS: dict[str, Builder] = {}
 
 
+def fc_head(
+    in_features: int, widths: tuple[int, int], num_classes: int, dropout: float
+) -> nn.Sequential:
+    """VGG's classifier: two hidden Linear + ReLU + Dropout layers, then the class layer
+    (torchvision's module order, so a torchvision VGG state_dict loads into it)."""
+    hidden1, hidden2 = widths
+    return nn.Sequential(
+        nn.Linear(in_features, hidden1),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(hidden1, hidden2),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(hidden2, num_classes),
+    )
+
+
 def register_model(name: str) -> Callable[[Builder], Builder]:
     def add(builder: Builder) -> Builder:
         if name in MODELS and MODELS[name] is not builder:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harness.models.base import Encoder, register_model
+from harness.models.base import Encoder, fc_head, register_model
 
 HIDDEN = (256, 256)
 
@@ -27,16 +27,7 @@ class MLP(Encoder):
     ):
         super().__init__()
         self.features = nn.Flatten()
-        h1, h2 = hidden
-        self.classifier = nn.Sequential(
-            nn.Linear(in_channels * input_size**2, h1),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            nn.Linear(h1, h2),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            nn.Linear(h2, num_classes),
-        )
+        self.classifier = fc_head(in_channels * input_size**2, hidden, num_classes, dropout)
         self.num_classes = num_classes
 
     def classify(self, pooled_top: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from harness.errors import UsageError
-from harness.models.base import DENSE, register_model
+from harness.models.base import DENSE, fc_head, register_model
 from harness.models.dense import fc_as_convolutions
 from harness.models.macro import MacroEncoder
 
@@ -62,16 +62,7 @@ class VGG(MacroEncoder):
             raise UsageError(
                 f"input size {input_size} is too small for {len(arch.macro_layers)} max-pools"
             )
-        fc6, fc7 = arch.fc
-        self.classifier = nn.Sequential(
-            nn.Linear(channels * self.head_size**2, fc6),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            nn.Linear(fc6, fc7),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            nn.Linear(fc7, num_classes),
-        )
+        self.classifier = fc_head(channels * self.head_size**2, arch.fc, num_classes, dropout)
         self.arch = arch
         self.num_classes = num_classes
         self._init_weights()
