@@ -28,7 +28,7 @@ many augmented views of each unlabeled image a batch carries: two for
 FixMatch's weak/strong pair), ``after_step`` (a Mean Teacher EMA update), and
 ``state_dict``/``load_state_dict`` (state kept beside the model, saved in every
 checkpoint). Pseudo-Label makes its targets inside
-``loss``; Ladder's noisy and clean passes are two forward calls there.
+``loss``; a denoising method's noisy and clean passes are two forward calls there.
 
 A number worth watching that is not a loss term (FixMatch's mask rate, a
 teacher-student agreement) is reported with ``self.log_scalar(name, value)``
@@ -48,7 +48,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from harness.errors import unknown
+from harness.errors import UsageError, unknown
 from harness.models import Encoder
 from harness.plugins import import_plugins
 
@@ -94,6 +94,9 @@ class Method:
     # what the model must offer beyond features and a classifier (harness.models.CAPABILITIES:
     # "macro_layers", "switches", "dense"); a model that lacks one is refused before any work
     needs: ClassVar[frozenset[str]] = frozenset()
+    # the registered models (model.name) it can train, where it needs a model of its own
+    # kind (a family's own encoders); empty = any model that offers `needs`
+    models: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
@@ -167,6 +170,15 @@ class Method:
 
 
 METHODS: dict[str, type[Method]] = {}
+
+
+def check_model(method: type[Method], model_name: str) -> None:
+    """Refuse (UsageError) a ``model.name`` outside the method's own ``models`` list."""
+    if method.models and model_name not in method.models:
+        raise UsageError(
+            f"{method.name} trains only model.name={' | '.join(method.models)}; "
+            f"got model.name={model_name}"
+        )
 
 
 def register_method(name: str) -> Callable[[type[Method]], type[Method]]:

@@ -43,10 +43,16 @@ class RunSpec:
         return f"{self.method} labels={self.labels} seed={self.train_seed}"
 
 
-def resolve_methods(names: list[str]) -> list[str]:
-    """``["all"]`` -> every registered method (baseline first); else check each name."""
+def resolve_methods(names: list[str], model_name: str) -> list[str]:
+    """``["all"]`` -> every registered method (baseline first) that can train the
+    suite's model (a method with a ``models`` list of its own only
+    where it names ``model_name``); else check each name."""
     if list(names) == ["all"]:
-        return available_methods()
+        return [
+            name
+            for name in available_methods()
+            if not get_method(name).models or model_name in get_method(name).models
+        ]
     for name in names:
         get_method(name)
     if len(set(names)) != len(names):
@@ -157,7 +163,7 @@ def make_plan(cfg: DictConfig) -> list[RunSpec]:
     fingerprint = load_dataset(cfg.data).fingerprint
     asked = [
         _run_spec(cfg, name, labels, seed, known, methods, fingerprint)
-        for name in resolve_methods(cfg.methods)
+        for name in resolve_methods(cfg.methods, cfg.model.name)
         for labels in budgets
         for seed in cfg.seeds
     ]

@@ -29,7 +29,7 @@ from harness.engine.distributed import is_main_process
 from harness.errors import UsageError
 from harness.launch import LAUNCHERS, prepare, tally
 from harness.lock import is_held
-from harness.method import get_method
+from harness.method import check_model, get_method
 from harness.models import build_encoder, require
 from harness.plan import RunSpec, make_plan
 from harness.report import build_report, print_report
@@ -54,6 +54,7 @@ def validate(argv: list[str]) -> tuple[DictConfig, list[RunSpec]]:
         check_pretrained(cfg.model.pretrained, encoder)
     for name in dict.fromkeys(spec.method for spec in plan):  # a method may reject the model
         method = get_method(name)
+        check_model(method, cfg.model.name)  # a method that trains only models of its own
         require(encoder, cfg.model.name, method.needs, name)  # what it needs the model offers
         method(cfg).build_model(encoder, dataset)
     # every split drawn (and a stored one checked) now; with every image labeled, stages

@@ -15,9 +15,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 HARNESS = REPO / "harness"
-# what only the decoding-pathway family may name (FFCV's and json's "Decoder"s and
-# JPEG decoding are another sense of the word)
-METHOD_WORDS = re.compile(r"decoding|decoders?\b|\bsae\b|swwae|reconstruct|\brecon|invers|invert")
+# what only a method family may name: the decoding pathways (FFCV's and json's "Decoder"s and
+# JPEG decoding are another sense of the word) and the Ladder networks
+METHOD_WORDS = re.compile(
+    r"decoding|decoders?\b|\bsae\b|swwae|reconstruct|\brecon|invers|invert|ladder|rasmus"
+)
 OTHER_SENSES = re.compile(
     r"ffcv\.fields\.decoders|CenterCropRGBImageDecoder|IntDecoder|JSONDecodeError|UnicodeDecodeError"
 )

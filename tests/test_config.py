@@ -66,9 +66,14 @@ def test_bad_config_names_the_value_and_the_choices(argv, expected):
 
 
 def test_methods_all_and_unknown_method():
-    assert resolve_methods(["all"])[0] == "baseline"
+    on_vgg = resolve_methods(["all"], "vgg_small_2")
+    assert on_vgg[0] == "baseline" and "swwae_all" in on_vgg
+    # the Ladder's methods train only their own models: `all` leaves them out elsewhere
+    assert not any(name.startswith("ladder") for name in on_vgg)
+    on_ladder = resolve_methods(["all"], "ladder_mlp")
+    assert {"baseline", "ladder", "ladder_gamma", "ladder_supervised"} <= set(on_ladder)
     with pytest.raises(UsageError, match="unknown method 'nope'; valid choices: baseline"):
-        resolve_methods(["nope"])
+        resolve_methods(["nope"], "vgg_small_2")
 
 
 def test_run_ids_are_stable_and_depend_on_what_changes_numbers():

@@ -70,7 +70,11 @@ def test_the_digits_default_keeps_its_run_ids_and_numbers(tmp_path):
 def test_fashion_mnist_keeps_its_reference_run_ids_and_a_decoding_runs_numbers(tmp_path):
     reference = ["suite=fashion_mnist", "methods=all", "labels=[100,1000]", "seeds=[0,1,2]"]
     assert _planned_ids(*reference, f"results={tmp_path}") == PINNED["fashion_mnist_reference_ids"]
+    # the suite through the CLI as a user runs it (this run doubles as that test)
     result = run_cli(*FASHION_SHORT, f"results={tmp_path}", timeout=600)
     assert result.returncode == 0, result.stderr
+    assert "| baseline |" in result.stdout and "| swwae_first |" in result.stdout
     pinned = {k: v for k, v in PINNED["runs"].items() if k.startswith("fashion_mnist/")}
-    assert _metrics(tmp_path, "fashion_mnist") == pinned
+    found = _metrics(tmp_path, "fashion_mnist")
+    assert found == pinned
+    assert {(m["labeled"], m["unlabeled"]) for m in found.values()} == {(100, 59900)}

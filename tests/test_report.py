@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 
 from harness.config import load_config
+from harness.errors import UsageError
 from harness.plan import make_plan
 from harness.report import data as report_data
 from harness.report import extras as report_extras
@@ -484,3 +485,126 @@ def test_correct_json_and_predictions_give_the_same_rows(suite, tmp_path):
     runs, _ = load_runs(suite_dir, plan)
     assert runs.iloc[0]["status"] == "failed" and "bytes for 3000 images" in runs.iloc[0]["error"]
     assert (runs.iloc[1:]["status"] == "done").all()
+
+
+PUBLISHED = (
+    "published=[{method: swwae_all, labels: 500, mean: 20.5, std: 0.25, seeds: 10, "
+    "source: 'Zhao et al. 2015, Table 2'}, {method: sae_first, labels: 100, mean: 30.0}, "
+    "{method: ladder, labels: 500, mean: 1.5, source: 'Rasmus et al. 2015'}]"
+)
+
+
+def published_rows(text: str) -> dict[tuple[str, str], list[str]]:
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in rows[1:]]
+    return {(row[0], row[1]): row for row in cells}
+
+
+def test_published_numbers_sit_beside_the_main_tables_own(suite, capsys):
+    """Ours is the main table's cell (the median of the last k evaluations, over the
+    seeds); difference = ours − published; a method without runs shows dashes."""
+    cfg, plan = suite
+    with_paper = load_config([*ARGS, f"results={cfg.results}", "report.plots=false", PUBLISHED])
+    assert make_plan(with_paper) == plan  # a paper's numbers change no run id
+    report = build_report(with_paper, plan)
+    text = (report.folder / "published.md").read_text()
+    rows = published_rows(text)
+    # columns: method, labels, metric, published, source, ours, difference
+    swwae = rows["swwae_all", "500"]
+    main = table_row(report.table_md, "500", "swwae_all")[3].strip("*†")  # top-1 val
+    assert swwae[2] == "top-1 val" and swwae[4] == "Zhao et al. 2015, Table 2"
+    assert swwae[3] == "20.50 ± 0.25 (10 seeds)"
+    assert swwae[5] == f"{main} (3 seeds)"
+    done = report.runs[(report.runs["method"] == "swwae_all") & (report.runs["labels"] == "500")]
+    ours = done["final_top1_val"].mean()
+    assert float(swwae[6]) == pytest.approx(round(ours - 20.5, 2), abs=0.006)
+    sae = rows["sae_first", "100"]
+    assert sae[3] == "30.00" and sae[5].startswith(
+        table_row(report.table_md, "100", "sae_first")[3]
+    )
+    assert rows["ladder", "500"][5:] == ["—", "—"]  # not run in this suite
+    table = pd.read_csv(report.folder / "published.csv")
+    assert list(table["method"]) == ["swwae_all", "sae_first", "ladder"]
+    assert table["difference"][0] == pytest.approx(ours - 20.5, rel=1e-5)
+    assert np.isnan(table["ours_mean"][2]) and table["ours_seeds"][2] == 0
+    section = text.split("\n\n", 1)[1]
+    assert (
+        f"## Published results beside ours\n\n{section}"
+        in (report.folder / "summary.md").read_text()
+    )
+    print_report(with_paper, report)
+    assert f"## digits: published results beside ours\n\n{section}" in capsys.readouterr().out
+    without = build_report(cfg, plan).folder
+    assert "Published" not in (without / "summary.md").read_text()
+    assert not (without / "published.md").exists() and not (without / "published.csv").exists()
+
+
+def test_published_over_the_done_seeds_only(suite):
+    cfg, plan = suite
+    gone = next(s for s in plan if (s.method, s.labels, s.train_seed) == ("swwae_all", "500", 1))
+    shutil.rmtree(Path(cfg.results) / "digits" / gone.run_id)
+    with_paper = load_config([*ARGS, f"results={cfg.results}", "report.plots=false", PUBLISHED])
+    report = build_report(with_paper, plan)
+    assert set(table_row(report.table_md, "500", "swwae_all")[2:]) == {"—"}
+    runs = report.runs
+    kept = runs[(runs["method"] == "swwae_all") & (runs["labels"] == "500")]
+    kept = kept[kept["status"] == "done"]["final_top1_val"]
+    swwae = published_rows((report.folder / "published.md").read_text())["swwae_all", "500"]
+    assert swwae[5] == f"{kept.mean():.2f} ± {kept.std():.2f} (2 of 3 seeds done)"
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (
+            "[{method: ladr, labels: 100, mean: 20}]",
+            "published[0].method='ladr' is not a registered method; valid choices: baseline, ",
+        ),
+        ("[{labels: 100, mean: 20}]", "published[0].method='' is empty"),
+        (
+            "[{method: ladder, labels: 100}, {method: ladder, labels: 100, mean: -1}]",
+            "published[1].mean must be >= 0, got -1.0",
+        ),
+        ("[{method: ladder, labels: 100, std: -0.5}]", "published[0].std must be >= 0, got -0.5"),
+        ("[{method: ladder, mean: 2}]", "published[0].labels is not set"),
+        ("[{method: ladder, labels: lots}]", "published[0].labels='lots': label budget"),
+        ("[{method: ladder, labels: 100, sd: 1}]", "'sd'; valid choices: labels, mean, method,"),
+        ("{method: ladder, labels: 100}", "must be a list of entries"),
+    ],
+)
+def test_a_bad_published_entry_is_a_one_line_usage_error(entry, message):
+    with pytest.raises(UsageError) as error:
+        load_config([f"published={entry}"])
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_published_entries_load_from_a_suite_file(tmp_path):
+    suite_file = tmp_path / "paper.yaml"
+    suite_file.write_text(
+        "published:\n"
+        "  - {method: ladder, labels: 100, mean: 1.06, std: 0.37, seeds: 10,"
+        " source: 'Rasmus et al. 2015, Table 1'}\n"
+        "  - method: baseline\n    labels: 0.1\n    mean: 25\n"
+    )
+    cfg = load_config([f"suite={suite_file}"])
+    first, second = cfg.published
+    assert (first.method, first.labels, first.mean, first.std, first.seeds) == (
+        "ladder",
+        "100",
+        1.06,
+        0.37,
+        10,
+    )
+    assert first.metric == "top1_val" and first.source == "Rasmus et al. 2015, Table 1"
+    assert (second.method, second.labels, second.std, second.seeds) == ("baseline", "0.1", 0, 0)
+    suite_file.write_text("published:\n  - {method: ladder, labels: 100, mean: -2}\n")
+    with pytest.raises(UsageError, match=r"^published\[0\]\.mean must be >= 0, got -2.0$"):
+        load_config([f"suite={suite_file}"])
+
+
+def test_a_bad_published_entry_exits_2_before_any_run(results):
+    bad = run_cli(
+        f"results={results}", "published=[{method: ladr, labels: 100, mean: 20}]", "dry_run=true"
+    )
+    assert bad.returncode == 2 and not results.exists()
+    assert "published[0].method='ladr' is not a registered method" in bad.stderr

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import FAST, REPO, needs_fashion_mnist, run_cli, tree
+from tests.conftest import FAST, REPO, run_cli, tree
 
 
 def metrics_of(results):
@@ -195,26 +195,6 @@ def test_image_folder_suite_trains_through_the_loader(tmp_path):
     (metrics_file,) = (tmp_path / "r").glob("image_folder/*/metrics.json")
     metrics = json.loads(metrics_file.read_text())
     assert metrics["labeled"] == 15 and metrics["unlabeled"] == 15
-
-
-@needs_fashion_mnist
-def test_fashion_mnist_suite_runs_through_the_cli(tmp_path):
-    result = run_cli(
-        "suite=fashion_mnist",
-        "methods=baseline",
-        "seeds=[0]",
-        "labels=[100]",
-        "schedule.pretrain.epochs=2",
-        "schedule.finetune.epochs=0",
-        "progress=false",
-        "threads=1",
-        f"results={tmp_path}",
-    )
-    assert result.returncode == 0, result.stderr
-    (metrics_file,) = tmp_path.glob("fashion_mnist/*/metrics.json")
-    metrics = json.loads(metrics_file.read_text())
-    assert metrics["labeled"] == 100 and metrics["unlabeled"] == 59900
-    assert "| baseline |" in result.stdout
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(results):

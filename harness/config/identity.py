@@ -38,6 +38,7 @@ EXECUTION_KEYS = (
     "results",
     "progress",
     "report",
+    "published",  # a paper's numbers, for the report only
     "dry_run",
     "logger",
 )

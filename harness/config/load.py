@@ -24,12 +24,16 @@ from harness.config.schema import (
     DEFAULT_SUITE,
     LAUNCHER_NAMES,
     LOGGERS,
+    LR_SCHEDULES,
     SUITES_DIR,
+    PublishedResult,
     StageSchedule,
     SuiteConfig,
 )
 from harness.config.settings import method_sections
+from harness.data import budget_key
 from harness.errors import UsageError, unknown
+from harness.method import available_methods
 
 _LIST_KEYS = ("methods", "labels", "seeds", "logger")
 
@@ -103,6 +107,9 @@ def _valid_keys(dotted: str) -> list[str]:
 def _explain(error: OmegaConfBaseException, source: str) -> UsageError:
     key = getattr(error, "full_key", None) or "?"
     first_line = str(error).splitlines()[0]
+    if isinstance(error, ConfigKeyError) and error.object_type is PublishedResult:
+        valid = [f.name for f in dataclasses.fields(PublishedResult)]
+        return unknown(f"key of a `published` entry in {source}", key, valid)
     if isinstance(error, ConfigKeyError):
         valid = _valid_keys(key)
         return unknown(f"key in {source}", key, [_join(key, v) for v in valid])
@@ -133,13 +140,16 @@ def load_config(argv: list[str]) -> DictConfig:
     if not isinstance(suite_yaml, dict):
         raise UsageError(f"suite file {str(path)!r} must hold a mapping of keys")
     suite_yaml["suite"] = path.stem
+    _published_is_a_list(suite_yaml.get("published", []), f"suite file {path.name}")
     cfg = OmegaConf.structured(suite_schema())
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.create(suite_yaml))
     except OmegaConfBaseException as error:
         raise _explain(error, f"suite file {path.name}") from None
     try:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(rest))
+        overrides = OmegaConf.from_dotlist(rest)
+        _published_is_a_list(overrides.get("published", []), "the command line")
+        cfg = OmegaConf.merge(cfg, overrides)
         OmegaConf.to_container(cfg, resolve=True)  # surfaces bad ${...} interpolations now
     except OmegaConfBaseException as error:
         raise _explain(error, "the command line") from None
@@ -148,6 +158,7 @@ def load_config(argv: list[str]) -> DictConfig:
         raise UsageError(f"an override is not valid YAML ({first}): {' '.join(rest)}") from None
     _resolve(cfg)
     _check_values(cfg)
+    _check_published(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
 
@@ -180,7 +191,7 @@ def _check_values(cfg: DictConfig) -> None:
     """Range and choice checks OmegaConf's types cannot express."""
     _choice("device", cfg.device, ("cpu", "cuda", "auto"))
     _choice("optim.name", cfg.optim.name, ("sgd", "adam"))
-    _choice("optim.lr_schedule", cfg.optim.lr_schedule, ("cosine", "constant"))
+    _choice("optim.lr_schedule", cfg.optim.lr_schedule, LR_SCHEDULES)
     _choice("data.loader", cfg.data.loader, ("auto", "ffcv", "torchvision"))
     _choice("launcher", cfg.launcher, LAUNCHER_NAMES)
     for name in cfg.logger:
@@ -261,3 +272,37 @@ def _check_values(cfg: DictConfig) -> None:
         raise UsageError(f"report.alpha must lie in (0, 1), got {cfg.report.alpha}")
     for name in method_sections():
         OmegaConf.to_object(cfg[name])  # the family's own checks (its __post_init__)
+
+
+def _published_is_a_list(value: object, source: str) -> None:
+    """``published`` holds a list of entries (OmegaConf cannot say so of a mapping)."""
+    if isinstance(value, dict | DictConfig):
+        raise UsageError(
+            f"published in {source} must be a list of entries (`- method: ...` in YAML, "
+            f"[{{method: ..., labels: ..., mean: ...}}] on the command line), got a mapping"
+        )
+
+
+def _check_published(cfg: DictConfig) -> None:
+    """Each published entry names a registered method, a label budget (given its
+    canonical text now, as the plan's runs carry it) and errors >= 0."""
+    methods = available_methods() if cfg.published else []
+    for i, entry in enumerate(cfg.published):
+        key = f"published[{i}]"
+        if entry.method not in methods:
+            why = "is empty: name" if not entry.method else "is not"
+            raise UsageError(
+                f"{key}.method={entry.method!r} {why} a registered method; valid choices: "
+                + ", ".join(sorted(methods))
+            )
+        if entry.labels is None:
+            raise UsageError(f"{key}.labels is not set: the label budget, as in `labels:`")
+        try:
+            entry.labels = budget_key(entry.labels)
+        except UsageError as error:
+            raise UsageError(f"{key}.labels={entry.labels!r}: {error}") from None
+        for name in ("mean", "std", "seeds"):
+            if not entry[name] >= 0:
+                raise UsageError(f"{key}.{name} must be >= 0, got {entry[name]}")
+        if not entry.metric:
+            raise UsageError(f"{key}.metric is empty: a metrics.json key, e.g. top1_val")

@@ -20,6 +20,7 @@ SUITES_DIR = Path(str(resources.files("suites")))
 DEFAULT_SUITE = "digits"
 LAUNCHER_NAMES = ("inprocess", "local_parallel", "slurm")  # harness.launch registers these
 LOGGERS = ("csv", "tensorboard")
+LR_SCHEDULES = ("cosine", "constant", "linear_last_third")  # harness.engine.loop.make_scheduler
 
 
 @dataclass
@@ -64,7 +65,9 @@ class OptimConfig:
     weight_decay: float = 5e-4
     batch_size: int = 64  # labeled images per step
     unlabeled_batch_size: int = 64  # unlabeled images per step, for stages that use the pool
-    lr_schedule: str = "cosine"  # cosine | constant, applied within each stage
+    # applied within each stage: cosine (1 -> 0) | constant | linear_last_third (constant,
+    # then linear to 0 over the stage's last third)
+    lr_schedule: str = "cosine"
     grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off
 
 
@@ -84,6 +87,19 @@ class ReportConfig:
     alpha: float = 0.05  # significance level of the table's marks, after Holm's correction
     resamples: int = 2000  # paired bootstrap resamples for the CIs in stats.csv
     plots: bool = True  # seaborn figures (PNG + PDF) beside the tables
+
+
+@dataclass
+class PublishedResult:
+    """One published error (a paper's table), shown beside ours in the report."""
+
+    method: str = ""  # a method name of this harness (e.g. baseline)
+    labels: Any = None  # the label budget, as in `labels:` (e.g. 100)
+    mean: float = 0.0  # published top-1 error, percent
+    std: float = 0.0  # published std over its seeds (0 if none given)
+    seeds: int = 0  # how many seeds the paper averaged (0 = not stated)
+    metric: str = "top1_val"  # which of our metrics.json keys it is compared with
+    source: str = ""  # citation, e.g. "Zhang, Lee & Lee 2016, Table 2"
 
 
 @dataclass
@@ -132,6 +148,9 @@ class SuiteConfig:
     schedule: dict[str, StageSchedule] = field(default_factory=dict)
     eval: EvalConfig = field(default_factory=EvalConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    # a paper's numbers for these methods and budgets: the report's published.md sets
+    # them beside ours (never a run's id)
+    published: list[PublishedResult] = field(default_factory=list)
     device: str = "cpu"  # cpu | cuda | auto; cuda turns on AMP and channels_last
     # torch intra-op threads. CPU results depend on the thread count, so it is the same
     # under every launcher (not the machine's core count) and part of a CPU run's id

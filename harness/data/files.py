@@ -55,14 +55,16 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
-def idx_file(root: Path, stem: str) -> Path:
+FASHION_MNIST_HINT = "install Debian's dataset-fashion-mnist or point data.path at the idx files"
+
+
+def idx_file(root: Path, stem: str, hint: str = FASHION_MNIST_HINT) -> Path:
+    """``root/stem.gz`` or ``root/stem``; a UsageError naming the file and ``hint`` (how
+    to get it) where neither exists."""
     for candidate in (root / f"{stem}.gz", root / stem):
         if candidate.is_file():
             return candidate
-    raise UsageError(
-        f"data.path {str(root)!r} has no {stem}(.gz); "
-        "install Debian's dataset-fashion-mnist or point data.path at the idx files"
-    )
+    raise UsageError(f"data.path {str(root)!r} has no {stem}(.gz); {hint}")
 
 
 def check_same_classes(root: Path, train: tuple[str, ...], val: tuple[str, ...]) -> None:

@@ -160,10 +160,16 @@ def make_optimizer(cfg: DictConfig, params: Any, lr: float) -> torch.optim.Optim
 def make_scheduler(
     cfg: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step LR factor: cosine from 1 to 0 over the stage, or constant."""
+    """Per-step LR factor: cosine from 1 to 0 over the stage, constant, or constant and
+    then linear to 0 over the last third (``linear_last_third``)."""
     if cfg.optim.lr_schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     total = max(total_steps, 1)
+    if cfg.optim.lr_schedule == "linear_last_third":
+        start = total - total // 3
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, max(0.0, (total - step) / max(total - start, 1)))
+        )
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
     )

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from harness.errors import UsageError, unknown
+from harness.plugins import import_plugins
 
 SWITCHES = "switches"
 MACRO_LAYERS = "macro_layers"
@@ -89,6 +90,7 @@ def register_model(name: str) -> Callable[[Builder], Builder]:
 
 
 def available_models() -> list[str]:
+    import_plugins("method")  # a method family may register models of its own
     return sorted(MODELS)
 
 
@@ -96,6 +98,7 @@ def build_encoder(
     name: str, in_channels: int, num_classes: int, input_size: int, dropout: float = 0.5
 ) -> Encoder:
     """The registered model ``name``, shaped for ``input_size`` x ``input_size`` crops."""
+    import_plugins("method")  # a method family may register models of its own
     if name not in MODELS:
         raise unknown("model (model.name)", name, MODELS)
     return MODELS[name](in_channels, num_classes, input_size, dropout)

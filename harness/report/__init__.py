@@ -3,7 +3,8 @@
 ``data`` (records -> one DataFrame), ``stats`` (the tests), ``compare`` (every
 method against the baseline), ``tables`` (Markdown and LaTeX), ``plots``
 (seaborn figures), ``extras`` (the sections and figures method families add,
-through ``methods/<family>/report.py``), ``build`` (writes the report folder).
+through ``methods/<family>/report.py``), ``published`` (a paper's numbers beside
+ours), ``build`` (writes the report folder).
 Importing it loads no torch, no model and no method: it reads only the store.
 ``python -m harness.report`` is ``harness/report/__main__.py``.
 """

@@ -5,7 +5,9 @@ give the same runs; ``methods=`` chooses the rows) and writes
 ``results/<suite>/report/``: ``table.md`` and ``table.tex`` (the paper's error
 table with significance marks), ``stats.csv`` (every method against the
 baseline), the figures (PNG + PDF) and ``summary.md``, with the sections and
-figures the method families add (``harness.report.extras``). ``harness.run``
+figures the method families add (``harness.report.extras``), and where the suite
+lists a paper's numbers (``published:``) ``published.md`` and ``published.csv``
+(``harness.report.published``). ``harness.run``
 calls it when its runs are done. Only the store is read (``harness.report.data``);
 nothing here imports training code.
 """
@@ -24,6 +26,7 @@ from omegaconf import DictConfig
 from harness.report.compare import BASELINE, MARKS_TEST, compare
 from harness.report.data import ERROR_COLUMNS, STATUSES, final_errors, load_runs
 from harness.report.extras import ExtraInputs, Section, report_extras
+from harness.report.published import PUBLISHED_TITLE, published_markdown, published_table
 from harness.report.stats import seeds_needed, smallest_p
 from harness.report.tables import (
     caption,
@@ -44,7 +47,9 @@ SUMMARY_METRIC = "top1_val"
 class Report:
     folder: Path
     table_md: str
-    sections: tuple[Section, ...]  # the method families' (``harness.report.extras``)
+    # published.md's (where the suite lists a paper's numbers), then the method
+    # families' (``harness.report.extras``)
+    sections: tuple[Section, ...]
     runs: pd.DataFrame
     comparisons: pd.DataFrame
 
@@ -71,8 +76,23 @@ def build_report(cfg: DictConfig, plan: list[RunSpec]) -> Report:
         figures = all_plots(runs, history, comparisons, methods, out)
     extras = report_extras(ExtraInputs(runs, history, suite_dir, methods, out, cfg.report.plots))
     figures += extras.figures
-    _write(out / "summary.md", summary(cfg, runs, comparisons, methods, extras.sections, figures))
-    return Report(out, table_md, extras.sections, runs, comparisons)
+    sections = _published(cfg, runs, out) + extras.sections
+    _write(out / "summary.md", summary(cfg, runs, comparisons, methods, sections, figures))
+    return Report(out, table_md, sections, runs, comparisons)
+
+
+def _published(cfg: DictConfig, runs: pd.DataFrame, out: Path) -> tuple[Section, ...]:
+    """published.md and published.csv, where the suite lists a paper's numbers; their
+    section for summary.md and the screen."""
+    if not cfg.published:
+        for name in ("published.md", "published.csv"):  # an earlier report's
+            (out / name).unlink(missing_ok=True)
+        return ()
+    table = published_table(cfg.published, runs)
+    markdown = published_markdown(table, cfg.report.last_k)
+    _write(out / "published.md", f"# {cfg.suite}: {PUBLISHED_TITLE.lower()}\n\n{markdown}")
+    _write(out / "published.csv", _csv_text(table))
+    return (Section(PUBLISHED_TITLE, PUBLISHED_TITLE.lower(), markdown),)
 
 
 def _write(path: Path, text: str) -> None:
@@ -293,6 +313,7 @@ def print_report(cfg: DictConfig, report: Report) -> None:
     for section in report.sections:
         print(f"## {cfg.suite}: {section.screen_title}\n")
         print(section.markdown)
-    print(
-        f"\nreport: {report.folder}/ (table.md, table.tex, stats.csv, summary.md)", file=sys.stderr
+    files = "table.md, table.tex, stats.csv, summary.md" + (
+        ", published.md, published.csv" if cfg.published else ""
     )
+    print(f"\nreport: {report.folder}/ ({files})", file=sys.stderr)
