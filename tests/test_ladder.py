@@ -23,7 +23,7 @@ from harness.method import Batch, get_method
 from harness.models import build_encoder
 from harness.run import main as run_main
 from methods.ladder.method import Combinator, LadderDecoder, denoising_costs
-from methods.ladder.model import LadderMLP
+from methods.ladder.model import LadderEncoder
 from tests.conftest import run_cli
 
 MNIST = Path(MNIST_DEFAULT).expanduser()
@@ -148,7 +148,7 @@ def test_the_combinator_has_ten_parameters_per_unit_and_the_papers_form():
 def test_clean_and_corrupted_passes_and_the_population_statistics():
     cfg = ladder_cfg()
     _, encoder = built(cfg, "ladder_supervised")
-    assert isinstance(encoder, LadderMLP)
+    assert isinstance(encoder, LadderEncoder)
     assert encoder.widths == (784, 1000, 500, 250, 250, 250, 10)
     batch = real_batch(cfg, 100, 0)
     dataset = load_dataset(cfg.data)
@@ -170,7 +170,7 @@ def test_clean_and_corrupted_passes_and_the_population_statistics():
     assert torch.equal(encoder.encode(batch.x, 0.0, 0.0).logits, clean.logits)  # no noise = clean
     encoder.encode(batch.x, track=True)
     layer = encoder.classifier[0]
-    z_pre = layer.linear(pixels)
+    z_pre = layer.op(pixels)
     assert torch.allclose(layer.running_mean, 0.1 * z_pre.mean(0), atol=1e-5)
     assert torch.allclose(layer.running_var, 0.9 + 0.1 * z_pre.var(0, unbiased=True), atol=1e-4)
     # evaluation: population statistics, so an image's scores do not depend on its batch
@@ -179,7 +179,7 @@ def test_clean_and_corrupted_passes_and_the_population_statistics():
     assert torch.allclose(alone, encoder(batch.x)[:5], atol=1e-5)
     h = pixels[:5]
     for layer in encoder.classifier:
-        z = (layer.linear(h) - layer.running_mean) / torch.sqrt(layer.running_var + 1e-10)
+        z = (layer.op(h) - layer.running_mean) / torch.sqrt(layer.running_var + 1e-10)
         h = layer.activate(z)
     assert torch.allclose(alone, h, atol=1e-4)
 
@@ -280,3 +280,31 @@ def test_the_ladder_runs_as_a_slurm_job(slurm_cluster, tmp_path):
     assert done.returncode == 0, done.stderr
     ((metrics, history),) = _records(tmp_path).values()
     assert metrics["epochs"] == 1 and "denoise0" in history[0]
+
+
+def test_conv_small_takes_the_gamma_model_and_the_supervised_baseline_not_the_full_ladder(
+    tmp_path, capsys
+):
+    cfg = ladder_cfg("model.name=ladder_conv_small")
+    batch = real_batch(cfg, 20, 20)
+    method, model = built(cfg, "ladder_gamma")
+    # run.py's convf/convv geometry on 28 px: 32, 16, 14, 16, 8, 6, 6, 1, then the scores
+    assert model.encoder.widths == (1, 32, 32, 64, 64, 64, 128, 10, 10, 10)
+    model.train()
+    terms = method.loss(model, None, batch)
+    assert set(terms) == {"cls", "denoise9"}
+    sum(terms.values()).backward()
+    assert model.encoder.classifier[0].op.weight.grad.abs().sum() > 0  # the cost reaches conv1
+    clean = model.encoder.encode(batch.u[0])
+    assert [tuple(z.shape[1:]) for z in clean.z[1:3]] == [(32, 32, 32), (32, 16, 16)]
+    for z in clean.z[1:]:  # per channel over images and positions
+        dims = (0,) if z.dim() == 2 else (0, 2, 3)
+        assert z.mean(dims).abs().max() < 1e-4
+    model.eval()
+    assert torch.allclose(model.encoder(batch.x[:3]), model.encoder(batch.x)[:3], atol=1e-5)
+    args = [*SHORT, "model.name=ladder_conv_small", f"results={tmp_path}"]
+    assert run_main([*args, "methods=[ladder]"]) == 2
+    assert "ladder trains only model.name=ladder_mlp; got model.name=ladder_conv_small" in (
+        capsys.readouterr().err
+    )
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())

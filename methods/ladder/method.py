@@ -46,9 +46,11 @@ from harness.data import Dataset
 from harness.errors import UsageError
 from harness.method import Batch, Method, Stage, register_method
 from harness.models import Encoder
-from methods.ladder.model import EPS, LadderMLP, Pass
+from methods.ladder.model import EPS, LadderEncoder, Pass
 
-LADDER_MODELS = ("ladder_mlp",)
+# the encoders each method trains: the full Ladder's decoder mirrors fc layers only
+MLP_ONLY = ("ladder_mlp",)
+LADDER_MODELS = ("ladder_mlp", "ladder_conv_small")
 
 
 class Combinator(nn.Module):
@@ -120,7 +122,7 @@ def denoising_costs(
 class LadderNet(nn.Module):
     """The encoder (``.encoder``, the classifier the engine evaluates) and its decoder."""
 
-    def __init__(self, encoder: LadderMLP, decoder: LadderDecoder):
+    def __init__(self, encoder: LadderEncoder, decoder: LadderDecoder):
         super().__init__()
         self.encoder, self.decoder = encoder, decoder
 
@@ -137,13 +139,13 @@ class _LadderFamily(Method):
         settings = cfg[self.section]
         self.input_noise, self.noise = float(settings.input_noise), float(settings.noise)
 
-    def encoder_of(self, encoder: Encoder, dataset: Dataset) -> LadderMLP:
-        if not isinstance(encoder, LadderMLP):  # run.py's check_model refuses it first
-            raise UsageError(f"{self.name} needs model.name in {LADDER_MODELS}")
+    def encoder_of(self, encoder: Encoder, dataset: Dataset) -> LadderEncoder:
+        if not isinstance(encoder, LadderEncoder):  # run.py's check_model refuses it first
+            raise UsageError(f"{self.name} trains only model.name={' | '.join(self.models)}")
         encoder.features.set_stats(dataset.mean, dataset.std)
         return encoder
 
-    def labeled_cost(self, encoder: LadderMLP, batch: Batch) -> dict[str, torch.Tensor]:
+    def labeled_cost(self, encoder: LadderEncoder, batch: Batch) -> dict[str, torch.Tensor]:
         corrupted = encoder.encode(batch.x, self.input_noise, self.noise)
         with torch.no_grad():
             encoder.encode(batch.x, track=True)  # population statistics
@@ -164,7 +166,7 @@ class LadderSupervised(_LadderFamily):
         return [Stage("train")]
 
     def loss(self, model: nn.Module, stage: Stage, batch: Batch) -> dict[str, torch.Tensor]:
-        assert isinstance(model, LadderMLP)
+        assert isinstance(model, LadderEncoder)
         return self.labeled_cost(model, batch)
 
 
@@ -200,6 +202,7 @@ class _Decoded(_LadderFamily):
 class Ladder(_Decoded):
     """The full Ladder: a denoising cost at every layer (``ladder.weights``, input first)."""
 
+    models = MLP_ONLY
     config_sections = ("ladder",)
     section = "ladder"
 

@@ -1,21 +1,31 @@
-"""The Ladder's encoder: an MLP batch-normalized at every layer, with a clean and a
-corrupted pass (Rasmus et al. 2015, Algorithm 1; github.com/CuriousAI/ladder,
-``ladder.py``).
+"""The Ladder's encoders, batch-normalized at every layer, with a clean and a corrupted
+pass (Rasmus et al. 2015, Algorithm 1; github.com/CuriousAI/ladder, ``ladder.py``):
+``ladder_mlp`` (784-1000-500-250-250-250-10, the paper's MNIST MLP) and
+``ladder_conv_small`` (the paper's Conv-Small for MNIST, the Γ-model's encoder).
 
-Layer l maps h(l-1) to z_pre = W h (no bias), normalizes it with the batch's mean
-and variance, z = (z_pre - mean) / sqrt(var + eps), adds Gaussian noise in the
-corrupted pass, then h = act(gamma * (z + beta)): a per-unit shift beta on every
-layer and a scale gamma on the top one only (ReLU does not need one; the code's
-``top_c=True`` keeps it on the softmax layer). The input is z(0) = x in pixel units
-[0, 1] (the published code's MNIST), noised in the corrupted pass. The top's
-``gamma * (z + beta)`` are the class scores; softmax turns them into h(L).
+Layer l maps h(l-1) to z_pre = W h (no bias; or a convolution, or a pooling),
+normalizes it with the batch's mean and variance, z = (z_pre - mean) / sqrt(var +
+eps), adds Gaussian noise in the corrupted pass, then h = act(gamma * (z + beta)):
+a per-unit shift beta on every layer and a scale gamma on the top one only (ReLU
+does not need one; the code's ``top_c=True`` keeps it on the softmax layer). The
+input is z(0) = x in pixel units [0, 1] (the published code's MNIST), noised in the
+corrupted pass. The top's ``gamma * (z + beta)`` are the class scores; softmax
+turns them into h(L).
 
 Population statistics: every clean pass over labeled images that ``track``s
 updates a running mean and (unbiased) variance per unit, an exponential average
 with weight 0.1 (the code's running average is a 1/counter average with the
 counter capped at 10, i.e. the same after 10 steps). In ``eval()`` mode a layer
 normalizes with them, so a prediction never depends on the other images of a
-batch. Weights start as randn / sqrt(fan_in), as ``rand_init`` there.
+batch. Weights start as randn / sqrt(fan_in) (fc) or uniform within
++-sqrt(3 / fan_in) (convolutions), as ``rand_init`` and ``rand_init_conv`` there.
+A convolution's or a pooling's statistics are per channel, over the batch and the
+positions; a pooling layer has no shift and no activation (the code's ``linear``).
+
+Conv-Small (run.py's ``convf:32:5-maxpool:2:2-convv:64:3-convf:64:3-maxpool:2:2-
+convv:128:3-convv:10:1-globalmeanpool:6:6-fc:10``): ``convf`` is a "full"
+convolution (zero padding k-1, the map grows), ``convv`` a "valid" one; on 28 px
+MNIST the maps are 32, 16, 14, 16, 8, 6, 6, then 1 and the 10 class scores.
 """
 
 from __future__ import annotations
@@ -26,11 +36,23 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from harness.errors import UsageError
 from harness.models import Encoder, register_model
 
 HIDDEN = (1000, 500, 250, 250, 250)  # Rasmus et al. 2015, section 4.1 (MNIST MLP)
 EPS = 1e-10  # ladder.py adds 1e-10 to the variance
 MOMENTUM = 0.1  # running statistics: the code's counter average capped at 10
+# Conv-Small, layer by layer: (kind, channels, kernel, "full" padding)
+CONV_SMALL = (
+    ("conv", 32, 5, True),
+    ("pool", 0, 2, False),
+    ("conv", 64, 3, False),
+    ("conv", 64, 3, True),
+    ("pool", 0, 2, False),
+    ("conv", 128, 3, False),
+    ("conv", 10, 1, False),
+    ("mean", 0, 0, False),
+)
 
 
 @dataclass
@@ -46,42 +68,83 @@ class Pass:
     logits: torch.Tensor
 
 
-class LadderLayer(nn.Module):
-    """Linear (no bias), batch normalization, [noise], shift (and scale), activation."""
+class FullyConnected(nn.Linear):
+    """A Linear without bias on the flattened input, randn / sqrt(fan_in) at first."""
 
-    def __init__(self, fan_in: int, width: int, top: bool):
+    def __init__(self, fan_in: int, width: int):
+        super().__init__(fan_in, width, bias=False)
+        nn.init.normal_(self.weight, std=1.0 / math.sqrt(fan_in))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return super().forward(torch.flatten(h, 1))
+
+
+def conv(in_channels: int, out_channels: int, kernel: int, full: bool) -> nn.Conv2d:
+    """A convolution without bias, "full" (padding kernel - 1) or "valid"."""
+    layer = nn.Conv2d(
+        in_channels, out_channels, kernel, padding=kernel - 1 if full else 0, bias=False
+    )
+    bound = math.sqrt(3.0 / (in_channels * kernel * kernel))
+    nn.init.uniform_(layer.weight, -bound, bound)
+    return layer
+
+
+class GlobalMeanPool(nn.Module):
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h.mean(dim=(2, 3), keepdim=True)
+
+
+def _per_unit(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-unit (per-channel) vector shaped to broadcast against ``like``."""
+    return t.view(1, -1, *([1] * (like.dim() - 2)))
+
+
+class LadderLayer(nn.Module):
+    """``op`` (fc, convolution or pooling), batch normalization, [noise], shift (and
+    scale), activation: ``kind`` relu | pool (no shift, no activation) | top (scale and
+    shift: the class scores)."""
+
+    def __init__(self, op: nn.Module, width: int, kind: str):
         super().__init__()
-        self.linear = nn.Linear(fan_in, width, bias=False)
-        nn.init.normal_(self.linear.weight, std=1.0 / math.sqrt(fan_in))
-        self.beta = nn.Parameter(torch.zeros(width))
-        self.gamma = nn.Parameter(torch.ones(width)) if top else None
-        self.top = top
+        self.op, self.kind = op, kind
+        self.beta = nn.Parameter(torch.zeros(width)) if kind != "pool" else None
+        self.gamma = nn.Parameter(torch.ones(width)) if kind == "top" else None
         self.register_buffer("running_mean", torch.zeros(width))
         self.register_buffer("running_var", torch.ones(width))
+
+    @property
+    def top(self) -> bool:
+        return self.kind == "top"
 
     def normalize(
         self, h: torch.Tensor, track: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(z, mean, std) of W h: the batch's statistics in training mode (added to the
-        running ones where ``track``), the population's in eval mode."""
-        z_pre = self.linear(h)
+        """(z, mean, std) of op(h): the batch's statistics in training mode (added to the
+        running ones where ``track``), the population's in eval mode; mean and std are
+        shaped to broadcast against z."""
+        z_pre = self.op(h)
         if self.training:
-            mean, var = z_pre.mean(0), z_pre.var(0, unbiased=False)
+            dims = (0,) if z_pre.dim() == 2 else (0, 2, 3)
+            mean = z_pre.mean(dims, keepdim=True)
+            var = z_pre.var(dims, unbiased=False, keepdim=True)
             if track:
-                n = z_pre.shape[0]
+                n = z_pre.numel() // z_pre.shape[1]
                 with torch.no_grad():
-                    self.running_mean.lerp_(mean.detach(), MOMENTUM)
-                    self.running_var.lerp_(var.detach() * n / max(n - 1, 1), MOMENTUM)
+                    self.running_mean.lerp_(mean.detach().flatten(), MOMENTUM)
+                    self.running_var.lerp_(var.detach().flatten() * n / max(n - 1, 1), MOMENTUM)
         else:
-            mean, var = self.running_mean, self.running_var
+            mean = _per_unit(self.running_mean, z_pre)
+            var = _per_unit(self.running_var, z_pre)
         std = torch.sqrt(var + EPS)
         return (z_pre - mean) / std, mean, std
 
     def activate(self, z: torch.Tensor) -> torch.Tensor:
-        """h from z: ReLU(z + beta) below, class scores gamma * (z + beta) at the top."""
-        shifted = z + self.beta
-        if self.top:
-            return shifted * self.gamma
+        """h from z: ReLU(z + beta), z itself after a pooling, gamma * (z + beta) at the top."""
+        if self.beta is None:
+            return z
+        shifted = z + _per_unit(self.beta, z)
+        if self.gamma is not None:
+            return shifted * _per_unit(self.gamma, z)
         return torch.relu(shifted)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -89,12 +152,13 @@ class LadderLayer(nn.Module):
 
 
 class PixelUnits(nn.Module):
-    """Flatten the normalized crop and return it in pixel units [0, 1]: the Ladder's
-    noise and its input cost are defined there. ``set_stats`` gives the dataset's
-    normalization (identity until then)."""
+    """The normalized crop back in pixel units [0, 1] (flattened for an MLP): the
+    Ladder's noise and its input cost are defined there. ``set_stats`` gives the
+    dataset's normalization (identity until then)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, flatten: bool):
         super().__init__()
+        self.flatten = flatten
         self.register_buffer("mean", torch.zeros(channels))
         self.register_buffer("std", torch.ones(channels))
 
@@ -104,22 +168,20 @@ class PixelUnits(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pixels = x * self.std[:, None, None] + self.mean[:, None, None]
-        return torch.flatten(pixels, 1)
+        return torch.flatten(pixels, 1) if self.flatten else pixels
 
 
-class LadderMLP(Encoder):
-    """784-1000-500-250-250-250-10 for MNIST: ``features`` is the image in pixel units,
-    ``classifier`` the batch-normalized layers; ``encode`` is a clean or corrupted pass."""
+class LadderEncoder(Encoder):
+    """``features`` is the image in pixel units, ``classifier`` the batch-normalized
+    layers (the class scores at the top); ``encode`` is a clean or corrupted pass.
+    ``widths`` holds the units (channels) of every layer, input first."""
 
-    def __init__(self, in_channels: int, num_classes: int, input_size: int, hidden=HIDDEN):
+    def __init__(self, features: PixelUnits, layers: list[LadderLayer], widths: tuple[int, ...]):
         super().__init__()
-        self.widths = (in_channels * input_size**2, *hidden, num_classes)
-        self.features = PixelUnits(in_channels)
-        pairs = list(zip(self.widths[:-1], self.widths[1:], strict=True))
-        self.classifier = nn.Sequential(
-            *(LadderLayer(a, b, top=i == len(pairs) - 1) for i, (a, b) in enumerate(pairs))
-        )
-        self.num_classes = num_classes
+        self.features = features
+        self.classifier = nn.Sequential(*layers)
+        self.widths = widths
+        self.num_classes = widths[-1]
 
     def classify(self, pooled_top: torch.Tensor) -> torch.Tensor:
         return self.classifier(pooled_top)
@@ -148,7 +210,47 @@ class LadderMLP(Encoder):
         return Pass(zs, means, stds, h)
 
 
+def build_mlp(in_channels: int, num_classes: int, input_size: int, hidden=HIDDEN) -> LadderEncoder:
+    widths = (in_channels * input_size**2, *hidden, num_classes)
+    pairs = list(zip(widths[:-1], widths[1:], strict=True))
+    layers = [
+        LadderLayer(FullyConnected(a, b), b, "top" if i == len(pairs) - 1 else "relu")
+        for i, (a, b) in enumerate(pairs)
+    ]
+    return LadderEncoder(PixelUnits(in_channels, flatten=True), layers, widths)
+
+
+def build_conv_small(in_channels: int, num_classes: int, input_size: int) -> LadderEncoder:
+    layers, widths, channels, size = [], [in_channels], in_channels, input_size
+    for kind, out, kernel, full in CONV_SMALL:
+        if kind == "conv":
+            layers.append(LadderLayer(conv(channels, out, kernel, full), out, "relu"))
+            channels, size = out, size + (kernel - 1 if full else 1 - kernel)
+        elif kind == "pool":
+            layers.append(LadderLayer(nn.MaxPool2d(kernel, ceil_mode=True), channels, "pool"))
+            size = -(-size // kernel)
+        else:
+            layers.append(LadderLayer(GlobalMeanPool(), channels, "pool"))
+            size = 1
+        if size < 1:
+            raise UsageError(f"model ladder_conv_small cannot take {input_size} px crops")
+        widths.append(channels)
+    layers.append(LadderLayer(FullyConnected(channels, num_classes), num_classes, "top"))
+    widths.append(num_classes)
+    return LadderEncoder(PixelUnits(in_channels, flatten=False), layers, tuple(widths))
+
+
 @register_model("ladder_mlp")
-def ladder_mlp(in_channels: int, num_classes: int, input_size: int, dropout: float) -> LadderMLP:
+def ladder_mlp(
+    in_channels: int, num_classes: int, input_size: int, dropout: float
+) -> LadderEncoder:
     """The Ladder's MNIST MLP (no dropout: its noise is the regularizer)."""
-    return LadderMLP(in_channels, num_classes, input_size)
+    return build_mlp(in_channels, num_classes, input_size)
+
+
+@register_model("ladder_conv_small")
+def ladder_conv_small(
+    in_channels: int, num_classes: int, input_size: int, dropout: float
+) -> LadderEncoder:
+    """The Ladder paper's Conv-Small (no dropout: its noise is the regularizer)."""
+    return build_conv_small(in_channels, num_classes, input_size)
