@@ -122,7 +122,7 @@ class LadderLayer(nn.Module):
         """(z, mean, std) of op(h): the batch's statistics in training mode (added to the
         running ones where ``track``), the population's in eval mode; mean and std are
         shaped to broadcast against z."""
-        z_pre = self.op(h)
+        z_pre = self.op(h).float()  # statistics in fp32, also under bf16 autocast
         if self.training:
             dims = (0,) if z_pre.dim() == 2 else (0, 2, 3)
             mean = z_pre.mean(dims, keepdim=True)
