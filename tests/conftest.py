@@ -70,6 +70,14 @@ def _why_no_cluster() -> str | None:
     return None
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist every worker is a session of its own: the tests that use the
+    one SLURM cluster run on one worker, so only one starts it and stops it."""
+    for item in items:
+        if "slurm_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster():
     """A running single-node SLURM cluster (slurm/cluster.sh): started here and stopped
