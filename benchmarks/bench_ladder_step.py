@@ -66,7 +66,7 @@ def bare_loss(model, batch: Batch, weights: list[float], noise: float) -> torch.
             h = h + input_noise * torch.randn_like(h)
         zs, means, stds = [h], [None], [None]
         for layer in layers:
-            z_pre = h @ layer.linear.weight.t()
+            z_pre = h @ layer.op.weight.t()
             mean, var = z_pre.mean(0), z_pre.var(0, unbiased=False)
             if track:
                 with torch.no_grad():

@@ -72,10 +72,13 @@ def _why_no_cluster() -> str | None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist every worker is a session of its own: the tests that use the
-    one SLURM cluster run on one worker, so only one starts it and stops it."""
+    one SLURM cluster run on one worker, so only one starts it and stops it, and so
+    do the DDP tests (process groups on free local ports: two at once could race for
+    a port, seen as a gloo rank aborting)."""
     for item in items:
-        if "slurm_cluster" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("slurm"))
+        uses_cluster = "slurm_cluster" in getattr(item, "fixturenames", ())
+        if uses_cluster or item.path.name == "test_ddp.py":
+            item.add_marker(pytest.mark.xdist_group("cluster_and_ddp"))
 
 
 @pytest.fixture(scope="session")
