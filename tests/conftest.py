@@ -28,6 +28,7 @@ def run_cli(
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=REPO,
+        stdin=subprocess.DEVNULL,  # never a pytest-xdist worker's stdin (its channel)
         capture_output=True,
         text=True,
         timeout=timeout,

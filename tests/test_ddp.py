@@ -218,6 +218,7 @@ def test_two_processes_give_the_one_process_metrics_within_tolerance(tmp_path):
         [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "harness.run", *RUN]
         + [f"results={tmp_path / 'two'}"],
         cwd=REPO,
+        stdin=subprocess.DEVNULL,  # not a pytest-xdist worker's stdin (its channel to pytest)
         capture_output=True,
         text=True,
         timeout=300,
