@@ -172,9 +172,14 @@ class Method:
 METHODS: dict[str, type[Method]] = {}
 
 
+def can_train(method: type[Method], model_name: str) -> bool:
+    """Whether ``model_name`` is one the method trains (any, without a ``models`` list)."""
+    return not method.models or model_name in method.models
+
+
 def check_model(method: type[Method], model_name: str) -> None:
     """Refuse (UsageError) a ``model.name`` outside the method's own ``models`` list."""
-    if method.models and model_name not in method.models:
+    if not can_train(method, model_name):
         raise UsageError(
             f"{method.name} trains only model.name={' | '.join(method.models)}; "
             f"got model.name={model_name}"

@@ -20,7 +20,7 @@ from harness.config import file_digest, run_relevant
 from harness.data import budget_key, load_dataset
 from harness.data.splits import every_image_labeled, is_list_budget
 from harness.errors import UsageError
-from harness.method import available_methods, get_method
+from harness.method import available_methods, can_train, get_method
 
 
 @dataclass(frozen=True)
@@ -48,11 +48,7 @@ def resolve_methods(names: list[str], model_name: str) -> list[str]:
     suite's model (a method with a ``models`` list of its own only
     where it names ``model_name``); else check each name."""
     if list(names) == ["all"]:
-        return [
-            name
-            for name in available_methods()
-            if not get_method(name).models or model_name in get_method(name).models
-        ]
+        return [name for name in available_methods() if can_train(get_method(name), model_name)]
     for name in names:
         get_method(name)
     if len(set(names)) != len(names):

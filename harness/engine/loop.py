@@ -166,9 +166,9 @@ def make_scheduler(
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     total = max(total_steps, 1)
     if cfg.optim.lr_schedule == "linear_last_third":
-        start = total - total // 3
+        decay = max(total // 3, 1)  # the last third's steps
         return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, max(0.0, (total - step) / max(total - start, 1)))
+            optimizer, lambda step: min(1.0, max(0.0, (total - step) / decay))
         )
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))

@@ -120,11 +120,12 @@ def denoising_costs(
 
 
 class LadderNet(nn.Module):
-    """The encoder (``.encoder``, the classifier the engine evaluates) and its decoder."""
+    """The encoder (``.encoder``, the classifier the engine evaluates), its decoder, and
+    the denoising-cost weight of each decoded layer (read and checked once, at build)."""
 
-    def __init__(self, encoder: LadderEncoder, decoder: LadderDecoder):
+    def __init__(self, encoder: LadderEncoder, decoder: LadderDecoder, weights: dict[int, float]):
         super().__init__()
-        self.encoder, self.decoder = encoder, decoder
+        self.encoder, self.decoder, self.weights = encoder, decoder, weights
 
 
 class _LadderFamily(Method):
@@ -181,7 +182,7 @@ class _Decoded(_LadderFamily):
         top = len(ladder.widths) - 1
         weights = self.layer_weights(top)
         lowest = min((layer for layer, w in weights.items() if w > 0), default=top)
-        return LadderNet(ladder, LadderDecoder(ladder.widths, lowest))
+        return LadderNet(ladder, LadderDecoder(ladder.widths, lowest), weights)
 
     def stages(self) -> list[Stage]:
         return [Stage("train", unlabeled=True)]
@@ -193,9 +194,7 @@ class _Decoded(_LadderFamily):
         unlabeled = batch.u[0]
         corrupted = encoder.encode(unlabeled, self.input_noise, self.noise)
         clean = encoder.encode(unlabeled)
-        estimates = model.decoder(corrupted)
-        weights = self.layer_weights(len(encoder.widths) - 1)
-        return terms | denoising_costs(estimates, clean, weights)
+        return terms | denoising_costs(model.decoder(corrupted), clean, model.weights)
 
 
 @register_method("ladder")
