@@ -65,6 +65,15 @@ def setup(name: str, cfg, dataset: Dataset, batch: Batch, channels_last: bool = 
     return model, method, stage, optimizer, scheduler, batch
 
 
+def finetuning_methods(cfg) -> list[str]:
+    """The baseline and the decoding pathways: the methods with a ``finetune`` stage."""
+    return [
+        name
+        for name in available_methods()
+        if any(stage.name == "finetune" for stage in get_method(name)(cfg).stages())
+    ]
+
+
 def shaped(num_classes: int, channels: int, mean: tuple, std: tuple) -> Dataset:
     """A dataset's shape and normalization without its images (all a model needs)."""
     empty = ImageSet(targets=np.zeros(0, dtype=np.int64))
@@ -132,7 +141,7 @@ def cpu_table(args) -> None:
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     batch = real_batch(cfg, device)
-    names = available_methods()
+    names = finetuning_methods(cfg)
     dataset = load_dataset(cfg.data)
     setups = {name: setup(name, cfg, dataset, batch) for name in names}
     flops = {name: step_flops(*setups[name][:3], setups[name][5], amp=False) for name in names}

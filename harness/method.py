@@ -19,16 +19,31 @@ A method that needs more of the model than features and a classifier says so
 in ``needs`` (``harness.models.CAPABILITIES``); ``harness.run`` refuses a model
 that lacks it with one line before any work.
 
-Optional hooks keep room for the classic SSL methods without touching the
-trainer: ``config_sections`` (its family's own suite sections,
-``harness.config.register_settings``; they enter its run ids and no other
-method's), ``val_report``
-(extra numbers on val, and pictures, for ``metrics.json``), ``views`` (how
-many augmented views of each unlabeled image a batch carries: two for
-FixMatch's weak/strong pair), ``after_step`` (a Mean Teacher EMA update), and
-``state_dict``/``load_state_dict`` (state kept beside the model, saved in every
-checkpoint). Pseudo-Label makes its targets inside
-``loss``; a denoising method's noisy and clean passes are two forward calls there.
+Optional hooks let the classic SSL methods plug in without touching the trainer:
+
+- ``config_sections``: its family's own suite sections
+  (``harness.config.register_settings``; they enter its run ids and no other
+  method's);
+- ``labeled_view`` and ``unlabeled_views``: the augmentation of the labeled batch
+  and of each view of an unlabeled image (``harness.data.AUGMENTATIONS``: ``weak``
+  is the suite's crop and flip, ``strong`` adds RandAugment and Cutout), drawn from
+  the run's seeded generator: FixMatch's weak/strong pair, MixMatch's K weak views;
+- ``Batch.step`` / ``Batch.total_steps`` (and ``Batch.progress``): where the step
+  is in its stage, for ramp-ups (``harness.ramps``) and schedules;
+- ``after_step(model, stage, batch)``: after each optimizer step (a Mean Teacher EMA
+  update: ``harness.ema``); the EMA copy lives in the model, so every checkpoint
+  holds it;
+- ``eval_model`` (the network every val/train error is measured with: the EMA
+  teacher for Mean Teacher and FixMatch) and ``also_evaluate`` (other networks
+  whose val error goes into ``metrics.json`` beside it, e.g. ``student_top1_val``);
+- ``precision``: ``bf16`` (autocast on CUDA) or ``fp32`` (never); a region that must
+  stay fp32 under bf16 (VAT's perturbation) uses ``full_precision``;
+- ``val_report`` (extra numbers on val, and pictures, for ``metrics.json``) and
+  ``state_dict``/``load_state_dict`` (state kept beside the model, saved in every
+  checkpoint).
+
+Pseudo-Label makes its targets inside ``loss``; a denoising method's noisy and
+clean passes are two forward calls there.
 
 A number worth watching that is not a loss term (FixMatch's mask rate, a
 teacher-student agreement) is reported with ``self.log_scalar(name, value)``
@@ -41,6 +56,7 @@ costs no device sync; the last value of a name in a step counts.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -48,8 +64,9 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from harness.ema import trained_parameters
 from harness.errors import UsageError, unknown
-from harness.models import Encoder
+from harness.models import Encoder, classifier_of
 from harness.plugins import import_plugins
 
 if TYPE_CHECKING:
@@ -83,13 +100,36 @@ class Batch:
     # it, so that DDP's mean over ranks is the whole batch's mean also when a batch does
     # not divide evenly (1.0 on one process)
     share: float = 1.0
+    # this step's index in its stage (from 0) and the stage's steps: ramp-ups read them
+    step: int = 0
+    total_steps: int = 1
+
+    @property
+    def progress(self) -> float:
+        """The fraction of the stage done before this step, in [0, 1)."""
+        return self.step / max(self.total_steps, 1)
+
+
+PRECISIONS = ("bf16", "fp32")
+
+
+def full_precision(device_type: str) -> AbstractContextManager[None]:
+    """A region computed in fp32 even inside the trainer's bf16 autocast (VAT's
+    perturbation: a power iteration on a difference of two nearby outputs loses its
+    direction in bf16's 8-bit mantissa). Cast tensors made outside with ``.float()``."""
+    return torch.autocast(device_type, enabled=False)
 
 
 class Method:
     """Base class: supervised cross-entropy on the labeled batch, one view per role."""
 
     name: ClassVar[str] = ""
-    views: ClassVar[int] = 1  # augmented views drawn of each unlabeled image
+    # the augmentation of the labeled batch, and of each view of an unlabeled image
+    # (harness.data.AUGMENTATIONS); a method whose settings choose them sets them in __init__
+    labeled_view: str = "weak"
+    unlabeled_views: tuple[str, ...] = ("weak",)
+    # "bf16": the trainer autocasts the loss on CUDA; "fp32": never (PRECISIONS)
+    precision: ClassVar[str] = "bf16"
     config_sections: ClassVar[tuple[str, ...]] = ()  # suite sections it reads (run-id input)
     # what the model must offer beyond features and a classifier (harness.models.CAPABILITIES:
     # "macro_layers", "switches", "dense"); a model that lacks one is refused before any work
@@ -107,16 +147,31 @@ class Method:
     def stages(self) -> list[Stage]:
         raise NotImplementedError
 
+    def unlabeled_batch_size(self) -> int:
+        """Images per unlabeled batch (FixMatch: mu x the labeled batch)."""
+        return int(self.cfg.optim.unlabeled_batch_size)
+
     def parameters(self, model: nn.Module, stage: Stage) -> Iterator[nn.Parameter]:
+        """The stage's trained parameters: all but an EMA copy's (``harness.ema``)."""
         if stage.trains != "all":
             raise ValueError(f"{self.name}: unknown parameter group {stage.trains!r}")
-        return model.parameters()
+        return trained_parameters(model)
 
     def loss(self, model: nn.Module, stage: Stage, batch: Batch) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def after_step(self, model: nn.Module, stage: Stage) -> None:
+    def after_step(self, model: nn.Module, stage: Stage, batch: Batch) -> None:
         """Called after every optimizer step (e.g. an EMA teacher update)."""
+
+    def eval_model(self, model: nn.Module) -> Encoder:
+        """The network whose errors the run reports (per epoch and at the end): the
+        classifier it trains, or a copy kept beside it (an EMA teacher)."""
+        return classifier_of(model)
+
+    def also_evaluate(self, model: nn.Module) -> dict[str, Encoder]:
+        """Other networks scored on val at the end, as ``<name>_top1_val`` and
+        ``<name>_top5_val`` in ``metrics.json`` (the student beside its teacher)."""
+        return {}
 
     def log_scalar(self, name: str, value: torch.Tensor | float) -> None:
         """Log ``value`` (one number) as ``name`` at the current step, beside the loss

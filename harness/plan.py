@@ -13,14 +13,16 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 
 from omegaconf import DictConfig
 
-from harness.config import file_digest, run_relevant
+from harness.config import config_for, file_digest, run_relevant
 from harness.data import budget_key, load_dataset
 from harness.data.splits import every_image_labeled, is_list_budget
 from harness.errors import UsageError
 from harness.method import available_methods, can_train, get_method
+from harness.models import build_encoder
 
 
 @dataclass(frozen=True)
@@ -43,17 +45,39 @@ class RunSpec:
         return f"{self.method} labels={self.labels} seed={self.train_seed}"
 
 
-def resolve_methods(names: list[str], model_name: str) -> list[str]:
-    """``["all"]`` -> every registered method (baseline first) that can train the
-    suite's model (a method with a ``models`` list of its own only
-    where it names ``model_name``); else check each name."""
-    if list(names) == ["all"]:
-        return [name for name in available_methods() if can_train(get_method(name), model_name)]
+def resolve_methods(cfg: DictConfig) -> list[str]:
+    """``methods=[all]`` -> every registered method (baseline first) the suite is set up
+    for: one that can train its model (the suite's, or its own under ``per_method``; a
+    method with a ``models`` list of its own only where it names that model) and
+    whose stages the suite schedules (a suite without a ``train`` stage leaves out the
+    methods that train in one). Else check each name."""
+    names = list(cfg.methods)
+    if names == ["all"]:
+        return [name for name in available_methods() if _suite_is_set_up_for(cfg, name)]
     for name in names:
         get_method(name)
     if len(set(names)) != len(names):
         raise UsageError(f"methods lists a name twice: {list(names)}")
     return list(names)
+
+
+def _suite_is_set_up_for(cfg: DictConfig, name: str) -> bool:
+    """Whether ``methods=all`` takes ``name``: the method can train its model, the model
+    offers what it needs, and the suite schedules its stages."""
+    own = config_for(cfg, name)
+    method = get_method(name)
+    if not can_train(method, own.model.name):
+        return False
+    if not method.needs <= _offers(own.model.name, own.data.crop):
+        return False
+    return all(stage.name in own.schedule for stage in method(own).stages())
+
+
+@lru_cache(maxsize=8)
+def _offers(model_name: str, crop: int) -> frozenset[str]:
+    """What a registered model offers (``harness.models.CAPABILITIES``), from one built
+    at the suite's crop size."""
+    return build_encoder(model_name, 3, 10, crop).offers
 
 
 def run_id(payload: dict) -> str:
@@ -77,6 +101,7 @@ def _method_info(
     # at 10,000 runs would dominate planning
     key = (name, all_labeled)
     if key not in methods:
+        cfg = config_for(cfg, name)
         method = get_method(name)(cfg)
         stages = tuple(method.stages())
         stage_names = [stage.name for stage in stages]
@@ -95,6 +120,8 @@ def _method_info(
             method.config_sections,
             reads_pool=reads_pool,
             fingerprint=fingerprint,
+            unlabeled_batch_size=method.unlabeled_batch_size(),
+            precision=method.precision,
         )
         methods[key] = _MethodInfo(stages, config)
     return methods[key]
@@ -119,8 +146,9 @@ def _run_spec(
     all_labeled = every_image_labeled(labels)
     info = _method_info(cfg, name, all_labeled, methods, fingerprint)
     reuses = []
+    pretrained = config_for(cfg, name).model.pretrained
     for stage in info.stages:
-        if stage.starts_from is None or (stage.initializes and cfg.model.pretrained):
+        if stage.starts_from is None or (stage.initializes and pretrained):
             continue
         source = _run_spec(cfg, stage.starts_from, labels, seed, known, methods, fingerprint)
         source_stages = methods[(source.method, all_labeled)].stages
@@ -159,7 +187,7 @@ def make_plan(cfg: DictConfig) -> list[RunSpec]:
     fingerprint = load_dataset(cfg.data).fingerprint
     asked = [
         _run_spec(cfg, name, labels, seed, known, methods, fingerprint)
-        for name in resolve_methods(cfg.methods, cfg.model.name)
+        for name in resolve_methods(cfg)
         for labels in budgets
         for seed in cfg.seeds
     ]

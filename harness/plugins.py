@@ -11,8 +11,10 @@ the harness imports only what it needs:
   (``@register_report_extra``; pandas and matplotlib, no torch).
 
 The package's ``__init__.py`` holds only its docstring. A single-module family
-is a method module. Families are imported in name order; ``methods=all`` lists
-the baseline first, then the others in registration order.
+(``methods/fixmatch.py``) holds its methods and its settings section together: it
+is imported for both roles (it loads torch), never for the report. Families are
+imported in name order; ``methods=all`` lists the baseline first, then the others
+in registration order.
 """
 
 from __future__ import annotations
@@ -36,12 +38,13 @@ def _families() -> list[tuple[str, bool]]:
 @cache
 def import_plugins(role: str) -> None:
     """Import every family's module of ``role`` (settings | method | report); each
-    registers itself on import. A single-module family counts as a ``method``."""
+    registers itself on import. A single-module family counts as ``method`` and
+    ``settings``."""
     if role not in ROLES:
         raise ValueError(f"unknown plugin role {role!r}; valid: {', '.join(ROLES)}")
     for name, is_package in _families():
         if not is_package:
-            if role == "method":
+            if role in ("method", "settings"):
                 importlib.import_module(f"methods.{name}")
             continue
         module = f"methods.{name}.{role}"

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from tabulate import tabulate
 
 from harness.cli import run_command
-from harness.config import load_config, suite_command
+from harness.config import config_for, load_config, suite_command
 from harness.data import load_dataset, load_or_store_split
 from harness.engine.checkpoint import load_weights
 from harness.engine.distributed import is_main_process
@@ -49,14 +49,17 @@ def validate(argv: list[str]) -> tuple[DictConfig, list[RunSpec]]:
         check_writable(results)
     plan = make_plan(cfg)
     dataset = load_dataset(cfg.data)
-    encoder = build_encoder(cfg.model.name, dataset.channels, dataset.num_classes, cfg.data.crop)
-    if cfg.model.pretrained:
-        check_pretrained(cfg.model.pretrained, encoder)
     for name in dict.fromkeys(spec.method for spec in plan):  # a method may reject the model
+        own = config_for(cfg, name)  # its per_method entry merged in
+        encoder = build_encoder(
+            own.model.name, dataset.channels, dataset.num_classes, own.data.crop
+        )
+        if own.model.pretrained:
+            check_pretrained(own.model.pretrained, encoder)
         method = get_method(name)
-        check_model(method, cfg.model.name)  # a method that trains only models of its own
-        require(encoder, cfg.model.name, method.needs, name)  # what it needs the model offers
-        method(cfg).build_model(encoder, dataset)
+        check_model(method, own.model.name)  # a method that trains only models of its own
+        require(encoder, own.model.name, method.needs, name)  # what it needs the model offers
+        method(own).build_model(encoder, dataset)
     # every split drawn (and a stored one checked) now; with every image labeled, stages
     # that train on the pool read the labeled set (harness.engine.context.Context.draws_pool)
     for labels, seed in dict.fromkeys((spec.labels, spec.split_seed) for spec in plan):

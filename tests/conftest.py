@@ -36,6 +36,36 @@ def run_cli(
     )
 
 
+def kill_when(args: list[str], checkpoints: str, reached, timeout: float = 120) -> bool:
+    """Start ``harness.run args``, SIGKILL it as soon as a checkpoint matching the glob
+    ``checkpoints`` satisfies ``reached(state)``; whether one did before ``timeout``."""
+    import signal
+    import time
+
+    import torch
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "harness.run", *args],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    folder, pattern = Path(checkpoints).parent, Path(checkpoints).name
+    deadline, caught = time.monotonic() + timeout, False
+    while time.monotonic() < deadline and not caught:
+        for found in folder.parent.glob(f"{folder.name}/{pattern}"):
+            try:
+                state = torch.load(found, weights_only=True)
+            except Exception:  # noqa: BLE001 - replaced while we read: try again
+                continue
+            caught = caught or reached(state)  # one checkpoint must not reset another's catch
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    return caught
+
+
 def tree(root: Path) -> dict[str, float]:
     """Every file under ``root`` with its modification time (to prove nothing changed)."""
     return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}

@@ -66,14 +66,24 @@ def test_bad_config_names_the_value_and_the_choices(argv, expected):
 
 
 def test_methods_all_and_unknown_method():
-    on_vgg = resolve_methods(["all"], "vgg_small_2")
+    on_vgg = resolve_methods(load_config(["methods=[all]", "model.name=vgg_small_2"]))
+    assert "vat" not in on_vgg  # the digits suite schedules no `train` stage
     assert on_vgg[0] == "baseline" and "swwae_all" in on_vgg
     # the Ladder's methods train only their own models: `all` leaves them out elsewhere
     assert not any(name.startswith("ladder") for name in on_vgg)
-    on_ladder = resolve_methods(["all"], "ladder_mlp")
+    on_ladder = resolve_methods(
+        load_config(["methods=[all]", "model.name=ladder_mlp", "schedule.train.epochs=1"])
+    )
     assert {"baseline", "ladder", "ladder_gamma", "ladder_supervised"} <= set(on_ladder)
+    # ... unless a method's own model is given under per_method
+    own = resolve_methods(
+        load_config(
+            ["methods=[all]", "per_method.ladder.model.name=ladder_mlp", "schedule.train.epochs=1"]
+        )
+    )
+    assert "ladder" in own and "ladder_gamma" not in own and "vat" in own
     with pytest.raises(UsageError, match="unknown method 'nope'; valid choices: baseline"):
-        resolve_methods(["nope"], "vgg_small_2")
+        resolve_methods(load_config(["methods=[nope]"]))
 
 
 def test_run_ids_are_stable_and_depend_on_what_changes_numbers():

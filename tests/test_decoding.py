@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +16,7 @@ from harness.engine.loop import set_trainable
 from harness.method import Batch, get_method
 from harness.models import build_encoder
 from harness.plan import make_plan
-from tests.conftest import REPO, run_cli
+from tests.conftest import kill_when, run_cli
 
 VARIANTS = ["sae_first", "sae_all", "sae_layerwise", "swwae_first", "swwae_all", "swwae_layerwise"]
 # digits, 100 labels, one seed, every stage short: seconds per run, real data
@@ -278,24 +273,12 @@ def test_a_pretrained_checkpoint_replaces_the_baseline_run(decoding_runs, tmp_pa
 
 def test_sigkill_in_the_joint_finetune_then_resume_equals_uninterrupted(decoding_runs, tmp_path):
     args = [*SHORT, "methods=[swwae_all]", f"results={tmp_path}"]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "harness.run", *args],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    # finetune is stage 3 (the baseline's checkpoint is globbed too)
+    caught = kill_when(
+        args,
+        f"{tmp_path}/digits/*/checkpoint.pt",
+        lambda s: s["stage_index"] == 3 and s["epoch"] >= 1,
     )
-    deadline, caught = time.monotonic() + 120, False
-    while time.monotonic() < deadline and not caught:  # finetune is stage 3
-        for found in tmp_path.glob("digits/*/checkpoint.pt"):
-            try:
-                state = torch.load(found, weights_only=True)
-            except Exception:  # noqa: BLE001 - replaced while we read: try again
-                continue
-            # the baseline's checkpoint is globbed too: it must not reset a catch
-            caught = caught or (state["stage_index"] == 3 and state["epoch"] >= 1)
-        time.sleep(0.01)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
     assert caught, "the run never reached the fine-tune"
     run = records(tmp_path)["swwae_all"]
     assert not (run / "metrics.json").exists(), "killed too late to test a resume"

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import yaml
 
 from harness._torchvision_compat import import_torchvision
+from harness.config import load_config
 from harness.errors import UsageError
 from harness.models import (
     DENSE,
@@ -22,6 +23,7 @@ from harness.models import (
     load_torchvision_vgg,
     require,
 )
+from harness.plan import make_plan
 from harness.report.tables import MISSING_MD
 from tests.conftest import FAST, run_cli, tree
 
@@ -88,9 +90,9 @@ def test_encode_records_switches_of_every_macro_layer():
 
 def test_every_model_is_registered_and_an_unknown_one_lists_them():
     # the engine's, and those a method family registers (methods/ladder/model.py)
-    engine = ["alexnet", "mlp", "vgg16", "vgg_small_2", "vgg_small_3"]
+    engine = ["alexnet", "conv_large", "mlp", "vgg16", "vgg_small_2", "vgg_small_3", "wrn_28_2"]
     assert available_models() == sorted([*engine, "ladder_conv_small", "ladder_mlp"])
-    with pytest.raises(UsageError, match="valid choices: alexnet, ladder_conv_small, ladder_mlp"):
+    with pytest.raises(UsageError, match="valid choices: alexnet, conv_large, ladder_conv_small"):
         build_encoder("resnet", 3, 10, 32)
 
 
@@ -190,7 +192,6 @@ def test_encode_keeps_every_conv_output_when_asked():
     [
         ("[swwae_first]", "swwae_first needs a model with pooling switches; model mlp has none"),
         ("[baseline,sae_all]", "sae_all needs a model with macro-layers"),
-        ("all", "sae_first needs a model with macro-layers"),
     ],
 )
 def test_a_method_the_model_cannot_serve_exits_2_before_any_work(tmp_path, methods, message):
@@ -203,6 +204,14 @@ def test_a_method_the_model_cannot_serve_exits_2_before_any_work(tmp_path, metho
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert tree(results) == before
+
+
+def test_methods_all_leaves_out_the_methods_a_model_cannot_serve():
+    # the mlp has no macro-layers: `all` is the methods it can serve, not an error
+    plan = make_plan(load_config(["model.name=mlp", "methods=all", "schedule.train.epochs=1"]))
+    planned = {spec.method for spec in plan}
+    assert "baseline" in planned and "vat" in planned
+    assert not any(name.startswith(("sae_", "swwae_")) for name in planned)
 
 
 def test_an_mlp_baseline_trains_and_its_report_shows_dense_as_missing(results):

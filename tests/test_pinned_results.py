@@ -5,7 +5,9 @@
 Fashion-MNIST reference suite, and the ``metrics.json`` of a digits baseline run
 (the default's first run, 20 + 4 epochs instead of 100 + 20: the full one takes
 two minutes; its pinned numbers, ``digits_default_full``, were checked equal when
-the engine was redesigned) and of a short Fashion-MNIST ``swwae_first`` run (with
+the engine was redesigned; pinned per CPU instruction set, whose kernels round
+differently: bit-identical where this one's is pinned, within 5 points elsewhere)
+and of a short Fashion-MNIST ``swwae_first`` run (with
 the baseline it starts from), at one thread. A refactor that changes a run id orphans every
 stored result of that run; one that changes a number changes the science.
 """
@@ -16,6 +18,7 @@ import json
 import re
 from pathlib import Path
 
+import torch
 from conftest import needs_fashion_mnist, run_cli
 
 PINNED = json.loads((Path(__file__).parent / "data" / "pinned_results.json").read_text())
@@ -58,12 +61,32 @@ def _metrics(root: Path, suite: str) -> dict[str, dict]:
     return found
 
 
+def _near(found: dict[str, dict], pinned: dict[str, dict], points: float) -> bool:
+    """Same runs, same counts and hashes, every error within ``points`` of the pin."""
+    if found.keys() != pinned.keys():
+        return False
+    for run, metrics in found.items():
+        for key, want in pinned[run].items():
+            got = metrics.get(key)
+            if isinstance(want, float) and isinstance(got, float):
+                if abs(got - want) > points:
+                    return False
+            elif got != want:
+                return False
+    return True
+
+
 def test_the_digits_default_keeps_its_run_ids_and_numbers(tmp_path):
     assert _planned_ids(f"results={tmp_path}") == PINNED["digits_default_ids"]
     result = run_cli(*PINNED["digits_short_args"], "progress=false", f"results={tmp_path}")
     assert result.returncode == 0, result.stderr
-    pinned = {k: v for k, v in PINNED["runs"].items() if k.startswith("digits/")}
-    assert _metrics(tmp_path, "digits") == pinned  # bit-identical floats
+    found = _metrics(tmp_path, "digits")
+    by_cpu = {k: v for k, v in PINNED["digits_short_by_cpu"].items() if not k.startswith("_")}
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability in by_cpu:
+        assert found == by_cpu[capability]  # bit-identical floats on this instruction set
+    else:  # numbers pinned on other instruction sets only: the same science, not the same bits
+        assert any(_near(found, pinned, points=5.0) for pinned in by_cpu.values()), found
 
 
 @needs_fashion_mnist

@@ -7,6 +7,7 @@
 from harness.config.identity import file_digest, run_relevant
 from harness.config.load import (
     available_suites,
+    config_for,
     ffcv_installed,
     load_config,
     parse_overrides,
@@ -15,6 +16,7 @@ from harness.config.load import (
     suite_schema,
 )
 from harness.config.schema import (
+    AUGMENTATIONS,
     DEFAULT_SUITE,
     DEFAULT_THREADS,
     LAUNCHER_NAMES,
@@ -22,9 +24,18 @@ from harness.config.schema import (
     StageSchedule,
     SuiteConfig,
 )
-from harness.config.settings import SETTINGS, method_sections, register_settings
+from harness.config.settings import (
+    SETTINGS,
+    check_augmentation,
+    check_fraction,
+    check_positive,
+    check_weight,
+    method_sections,
+    register_settings,
+)
 
 __all__ = [
+    "AUGMENTATIONS",
     "DEFAULT_SUITE",
     "DEFAULT_THREADS",
     "LAUNCHER_NAMES",
@@ -33,6 +44,11 @@ __all__ = [
     "StageSchedule",
     "SuiteConfig",
     "available_suites",
+    "check_augmentation",
+    "check_fraction",
+    "check_positive",
+    "check_weight",
+    "config_for",
     "ffcv_installed",
     "file_digest",
     "load_config",

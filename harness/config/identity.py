@@ -41,6 +41,7 @@ EXECUTION_KEYS = (
     "published",  # a paper's numbers, for the report only
     "dry_run",
     "logger",
+    "per_method",  # merged into the method's config before its id is taken (config_for)
 )
 # where the data is and how fast it is read: the dataset enters by its fingerprint
 EXECUTION_DATA_KEYS = ("path", "beton", "num_workers")
@@ -56,9 +57,13 @@ def run_relevant(
     *,
     reads_pool: bool = True,
     fingerprint: str = "",
+    unlabeled_batch_size: int | None = None,
+    precision: str = "bf16",
 ) -> dict[str, Any]:
     """The part of ``cfg`` that decides one run's numbers (what its id hashes), for a
-    method with stages ``stage_names`` that reads the settings ``sections``."""
+    method with stages ``stage_names`` that reads the settings ``sections``, draws
+    ``unlabeled_batch_size`` pool images a step (default: optim's) and trains at
+    ``precision`` on CUDA."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)
     for key in EXECUTION_KEYS:
@@ -72,6 +77,8 @@ def run_relevant(
         plain["data"].pop("loader")
     if not reads_pool:
         plain["optim"].pop("unlabeled_batch_size")
+    elif unlabeled_batch_size is not None:
+        plain["optim"]["unlabeled_batch_size"] = unlabeled_batch_size
     if cfg.model.pretrained:
         plain["model"]["pretrained"] = file_digest(cfg.model.pretrained)
     plain["schedule"] = {name: plain["schedule"][name] for name in stage_names}
@@ -82,7 +89,7 @@ def run_relevant(
             for key in section.id_exclude:
                 plain[name].pop(key, None)
     cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    plain["amp"] = cuda
+    plain["amp"] = cuda and precision == "bf16"
     if not cuda:
         plain["threads"] = cfg.threads
     return plain

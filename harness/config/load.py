@@ -36,6 +36,28 @@ from harness.errors import UsageError, unknown
 from harness.method import available_methods
 
 _LIST_KEYS = ("methods", "labels", "seeds", "logger")
+# keys a `per_method` entry may not set: they plan, launch, log or report the whole suite
+PER_METHOD_REFUSED = (
+    "suite",
+    "description",
+    "methods",
+    "labels",
+    "seeds",
+    "eval",
+    "report",
+    "published",
+    "device",
+    "threads",
+    "launcher",
+    "parallel",
+    "wait",
+    "slurm",
+    "results",
+    "progress",
+    "dry_run",
+    "logger",
+    "per_method",
+)
 
 
 @cache
@@ -160,7 +182,48 @@ def load_config(argv: list[str]) -> DictConfig:
     _check_values(cfg)
     _check_published(cfg)
     OmegaConf.set_readonly(cfg, True)
+    _check_per_method(cfg)
     return cfg
+
+
+def config_for(cfg: DictConfig, method: str) -> DictConfig:
+    """The config ``method``'s runs train with: the suite's, with its ``per_method``
+    entry merged over it (the suite's itself where it has none). Read-only."""
+    overrides = cfg.per_method.get(method)
+    if not overrides:
+        return cfg
+    merged = OmegaConf.merge(cfg, overrides)
+    OmegaConf.set_readonly(merged, True)
+    return merged
+
+
+def _check_per_method(cfg: DictConfig) -> None:
+    """Each ``per_method`` entry names a registered method, sets no suite-wide key, and
+    gives a config that passes every check the suite's does."""
+    known = available_methods()
+    for name, overrides in cfg.per_method.items():
+        if name not in known:
+            raise unknown("method in per_method", name, known)
+        if not isinstance(overrides, DictConfig):
+            raise UsageError(f"per_method.{name} must be a mapping of keys, got {overrides!r}")
+        for key in overrides.get("data") or {}:
+            if key in ("name", "path", "beton", "loader"):
+                raise UsageError(
+                    f"per_method.{name}.data.{key}: every method of a suite reads the same "
+                    "dataset; per_method may set data.resize, data.crop and data.hflip"
+                )
+        for key in overrides:
+            if key in PER_METHOD_REFUSED:
+                raise UsageError(
+                    f"per_method.{name}.{key}: {key} is set for the whole suite, not per method; "
+                    f"per_method may set: data, model, optim, schedule and method sections"
+                )
+        try:
+            merged = OmegaConf.merge(cfg, overrides)
+        except OmegaConfBaseException as error:
+            raise _explain(error, f"per_method.{name}") from None
+        _resolve(merged)
+        _check_values(merged)
 
 
 def ffcv_installed() -> bool:

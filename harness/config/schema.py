@@ -20,6 +20,9 @@ SUITES_DIR = Path(str(resources.files("suites")))
 DEFAULT_SUITE = "digits"
 LAUNCHER_NAMES = ("inprocess", "local_parallel", "slurm")  # harness.launch registers these
 LOGGERS = ("csv", "tensorboard")
+# the augmentation of one view (harness.engine.context.Context.prepare): the center crop,
+# the suite's random crop + flip, or that then RandAugment + Cutout (harness.data.randaugment)
+AUGMENTATIONS = ("none", "weak", "strong")
 LR_SCHEDULES = ("cosine", "constant", "linear_last_third")  # harness.engine.loop.make_scheduler
 
 
@@ -148,6 +151,11 @@ class SuiteConfig:
     schedule: dict[str, StageSchedule] = field(default_factory=dict)
     eval: EvalConfig = field(default_factory=EvalConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    # method name -> keys that differ for that method's runs (its own model, a stage's
+    # length), merged over the suite's (harness.config.config_for); what a run trains
+    # with, so its run id and config.yaml hold the merged values. Plan, launch and report
+    # keys are the suite's alone (PER_METHOD_REFUSED)
+    per_method: dict[str, Any] = field(default_factory=dict)
     # a paper's numbers for these methods and budgets: the report's published.md sets
     # them beside ours (never a run's id)
     published: list[PublishedResult] = field(default_factory=list)

@@ -18,10 +18,12 @@ less ``id_exclude`` (keys that only draw pictures). It never reads the keys.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from harness.config.schema import SuiteConfig
+from harness.config.schema import AUGMENTATIONS, SuiteConfig
+from harness.errors import UsageError, unknown
 from harness.plugins import import_plugins
 
 ENGINE_KEYS = frozenset(spec.name for spec in dataclasses.fields(SuiteConfig))
@@ -54,3 +56,36 @@ def method_sections() -> dict[str, SettingsSection]:
     """Every family's section, its settings modules imported."""
     import_plugins("settings")
     return dict(SETTINGS)
+
+
+def check_augmentation(key: str, value: str) -> None:
+    """Refuse (UsageError) a view's augmentation outside ``AUGMENTATIONS``."""
+    if value not in AUGMENTATIONS:
+        raise unknown(f"augmentation for {key}", value, AUGMENTATIONS)
+
+
+def check_fraction(
+    key: str, value: float, *, closed_low: bool = False, closed_high: bool = False
+) -> None:
+    """Refuse a value outside (0, 1), with either end included on request: one line
+    naming the key, the value and the valid range."""
+    low_ok = value >= 0.0 if closed_low else value > 0.0
+    high_ok = value <= 1.0 if closed_high else value < 1.0
+    if not (low_ok and high_ok):  # also catches nan
+        interval = f"{'[' if closed_low else '('}0, 1{']' if closed_high else ')'}"
+        raise UsageError(f"{key} must be in {interval}, got {value}")
+
+
+def check_positive(key: str, value: float, *, integer: bool = False) -> None:
+    """Refuse a value that is not > 0 (or not a positive integer)."""
+    if integer and (isinstance(value, bool) or not float(value).is_integer()):
+        raise UsageError(f"{key} must be a positive integer, got {value}")
+    if not value > 0 or value != value or value == float("inf"):
+        kind = "a positive integer" if integer else "a finite number > 0"
+        raise UsageError(f"{key} must be {kind}, got {value}")
+
+
+def check_weight(key: str, value: float) -> None:
+    """Refuse a loss weight that is not a finite number >= 0."""
+    if not (value >= 0 and math.isfinite(value)):  # `not >=` also catches nan
+        raise UsageError(f"{key} must be a finite number >= 0, got {value}")

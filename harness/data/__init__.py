@@ -10,6 +10,7 @@ from harness.data.loaders import (
     load_batches,
     normalize,
 )
+from harness.data.randaugment import rand_augment
 from harness.data.splits import Split, budget_key, draw_split, load_or_store_split
 
 __all__ = [
@@ -28,5 +29,6 @@ __all__ = [
     "load_dataset",
     "load_or_store_split",
     "normalize",
+    "rand_augment",
     "register_dataset",
 ]

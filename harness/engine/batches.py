@@ -35,7 +35,7 @@ def steps_per_epoch(ctx: Context, stage: Stage) -> int:
     if steps > 0:
         return steps
     if ctx.draws_pool(stage):
-        return math.ceil(len(ctx.split.unlabeled) / ctx.cfg.optim.unlabeled_batch_size)
+        return math.ceil(len(ctx.split.unlabeled) / ctx.unlabeled_batch_size)
     return math.ceil(len(ctx.split.labeled) / ctx.cfg.optim.batch_size)
 
 
@@ -89,16 +89,18 @@ def stage_batches(
 
     if not ctx.draws_pool(stage):
         batches = _epoch_indices(ctx, ctx.split.labeled, cfg.optim.batch_size, stage, epoch)
-        for full, (x, y) in zip(batches, load(batches), strict=True):
+        for full, (images, y) in zip(batches, load(batches), strict=True):
             read.labeled += len(full)
-            x = ctx.prepare(x, generator, len(full))
             if stage.labeled:
+                x = ctx.prepare(images, generator, len(full), method.labeled_view)
                 yield Batch(x=x, y=y.to(ctx.device, non_blocking=True), share=share(full))
             else:  # a pool-only stage without a pool: the labeled images, labels hidden
-                rest = [ctx.prepare(x, generator, len(full)) for _ in range(method.views - 1)]
-                yield Batch(u=[x, *rest], share=share(full))
+                views = [
+                    ctx.prepare(images, generator, len(full), v) for v in method.unlabeled_views
+                ]
+                yield Batch(u=views, share=share(full))
         return
-    pool = _epoch_indices(ctx, ctx.split.unlabeled, cfg.optim.unlabeled_batch_size, stage, epoch)
+    pool = _epoch_indices(ctx, ctx.split.unlabeled, ctx.unlabeled_batch_size, stage, epoch)
     labeled = None
     if stage.labeled:
         cycled = cycled_batches(
@@ -107,12 +109,12 @@ def stage_batches(
         labeled = load(list(itertools.islice(cycled, len(pool))))
     for full, (u, _hidden_labels) in zip(pool, load(pool), strict=True):
         read.unlabeled += len(full)
-        views = [ctx.prepare(u, generator, len(full)) for _ in range(method.views)]
+        views = [ctx.prepare(u, generator, len(full), v) for v in method.unlabeled_views]
         batch = Batch(u=views, share=share(full))
         if labeled is not None:
             x, y = next(labeled)
             read.labeled += cfg.optim.batch_size
-            x = ctx.prepare(x, generator, cfg.optim.batch_size)
+            x = ctx.prepare(x, generator, cfg.optim.batch_size, method.labeled_view)
             batch.x, batch.y = x, y.to(ctx.device, non_blocking=True)
         yield batch
     if labeled is not None:

@@ -12,7 +12,9 @@ from harness.data import (
     Dataset,
     Split,
     augment_batch,
+    center_crop,
     normalize,
+    rand_augment,
 )
 from harness.engine import distributed
 from harness.method import Stage
@@ -43,6 +45,13 @@ class Context:
     mean: torch.Tensor
     std: torch.Tensor
     place: distributed.World = distributed.World()
+    # images per unlabeled batch, as the method reads it (Method.unlabeled_batch_size:
+    # FixMatch's mu x the labeled batch); 0 = optim.unlabeled_batch_size
+    unlabeled_batch: int = 0
+
+    @property
+    def unlabeled_batch_size(self) -> int:
+        return self.unlabeled_batch or self.cfg.optim.unlabeled_batch_size
 
     @property
     def cuda(self) -> bool:
@@ -56,20 +65,28 @@ class Context:
         return stage.unlabeled and len(self.split.unlabeled) > 0
 
     def prepare(
-        self, images: torch.Tensor, generator: torch.Generator, full: int | None = None
+        self,
+        images: torch.Tensor,
+        generator: torch.Generator,
+        full: int | None = None,
+        view: str = "weak",
     ) -> torch.Tensor:
-        """uint8 batch (this rank's shard of a ``full``-image batch) -> augmented,
-        normalized float batch on the device."""
+        """uint8 batch (this rank's shard of a ``full``-image batch) -> one augmented
+        ``view`` of it (``harness.config.AUGMENTATIONS``), normalized, on the device:
+        ``none`` is the center crop, ``weak`` the suite's random crop and flip,
+        ``strong`` that and then RandAugment + Cutout (``harness.data.randaugment``)."""
         images = images.to(self.device, non_blocking=True)
-        images = augment_batch(
-            images,
-            self.cfg.data.crop,
-            self.cfg.data.hflip,
-            generator,
-            full=full,
-            rank=self.place.rank,
-            world=self.place.size,
-        )
+        where = {"full": full, "rank": self.place.rank, "world": self.place.size}
+        if view == "none":
+            images = center_crop(images, self.cfg.data.crop)
+        else:
+            images = augment_batch(
+                images, self.cfg.data.crop, self.cfg.data.hflip, generator, **where
+            )
+        if view == "strong":
+            images = rand_augment(images, generator, **where)
+        elif view not in ("none", "weak"):
+            raise ValueError(f"unknown augmentation {view!r}")
         images = normalize(images, self.mean, self.std)
         if self.cuda:
             images = images.contiguous(memory_format=torch.channels_last)

@@ -134,6 +134,17 @@ def final_metrics(ctx: Context, classifier: Encoder, record: RunRecord) -> dict[
     return metrics
 
 
+def also_evaluated(ctx: Context, networks: dict[str, Encoder]) -> dict[str, float]:
+    """``<name>_top1_val`` / ``<name>_top5_val`` (single crop) of each extra network
+    a method names (``Method.also_evaluate``: the student beside an EMA teacher)."""
+    metrics: dict[str, float] = {}
+    for name, network in networks.items():
+        topk = evaluate_split(ctx, network, "val", dense=False)
+        top1, top5 = error_rates(topk, ctx.dataset.val.targets)
+        metrics |= {f"{name}_top1_val": top1, f"{name}_top5_val": top5}
+    return metrics
+
+
 def val_crops(ctx: Context) -> Iterator[torch.Tensor]:
     """The val set as normalized center crops, in eval-sized batches, on the device:
     under DDP this rank's contiguous block of it (rank 0's holds the first images)."""

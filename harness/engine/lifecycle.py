@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from harness.config import config_for
 from harness.data import (
     load_dataset,
     load_or_store_split,
@@ -33,7 +34,7 @@ from harness.engine.checkpoint import (
     save_checkpoint,
 )
 from harness.engine.context import Context, resolve_device
-from harness.engine.evaluate import final_metrics, val_crops
+from harness.engine.evaluate import also_evaluated, final_metrics, val_crops
 from harness.engine.loggers import open_run_log, steps_done
 from harness.engine.loop import run_stage
 from harness.engine.provenance import Clock, provenance
@@ -66,6 +67,7 @@ def train_run(spec: RunSpec, cfg: DictConfig) -> RunResult:
     again (the job ends: ranks that went on could no longer agree on their
     collectives). An interrupt is not a failure (the run resumes): it propagates.
     """
+    cfg = config_for(cfg, spec.method)  # the method's per_method keys merged in
     record = run_record(cfg.results, spec.suite, spec.run_id)
     if record.is_done() and not distributed.world_size_from_env() > 1:
         return RunResult("done", record.read_metrics(), "already done")
@@ -120,10 +122,15 @@ def _train_run(
     place: distributed.World,
 ) -> dict[str, Any]:
     torch.set_num_threads(cfg.threads)
-    for key in ("batch_size", "unlabeled_batch_size"):
-        if place.active and cfg.optim[key] < place.size:
+    method = get_method(spec.method)(cfg)
+    batch_sizes = {
+        "optim.batch_size": cfg.optim.batch_size,
+        "optim.unlabeled_batch_size": method.unlabeled_batch_size(),
+    }
+    for key, size in batch_sizes.items():
+        if place.active and size < place.size:
             raise UsageError(
-                f"optim.{key}={cfg.optim[key]} cannot be shared by {place.size} "
+                f"{key}={size} cannot be shared by {place.size} "
                 f"processes; valid: at least {place.size}"
             )
     dataset = load_dataset(cfg.data)
@@ -158,8 +165,8 @@ def _train_run(
         torch.tensor(dataset.mean, device=device),
         torch.tensor(dataset.std, device=device),
         place,
+        method.unlabeled_batch_size(),
     )
-    method = get_method(spec.method)(cfg)
     seed_everything("init", spec.train_seed)
     encoder = build_encoder(
         cfg.model.name, dataset.channels, dataset.num_classes, cfg.data.crop, cfg.model.dropout
@@ -208,7 +215,8 @@ def _train_run(
                         model, method, index + 1, 0, None, None, history, clock.total()
                     ),
                 )
-    metrics = final_metrics(ctx, classifier_of(model), record)
+    metrics = final_metrics(ctx, method.eval_model(model), record)
+    metrics |= also_evaluated(ctx, method.also_evaluate(model))
     metrics |= method.val_report(
         model,
         val_crops(ctx),

@@ -103,19 +103,27 @@ def train_one_epoch(
     progress: tqdm | None = None,
     loss_module: torch.nn.Module | None = None,
     steps: StepScalars | None = None,
+    first_step: int = 0,
+    total_steps: int | None = None,
 ) -> dict[str, float]:
     """One pass over ``batches``; returns the mean of each loss term (this rank's).
     Raises ``NonFiniteLoss`` (numbering steps from 1) where a loss is NaN or infinite.
     ``steps``, if given, receives every step's terms, learning rate and the scalars
-    the method logged (detached, unread: no sync)."""
+    the method logged (detached, unread: no sync). Each batch is told its step in
+    the stage (``first_step`` + its index) and the stage's ``total_steps``, for a
+    method's ramps; ``amp`` autocasts to bf16 unless the method's precision is fp32."""
     loss_module = loss_module or StageLoss(model, method, stage)
     model.train()
     logged: list[dict[str, torch.Tensor]] = []
     params = [p for group in optimizer.param_groups for p in group["params"]]
     device_type = next(model.parameters()).device.type
     pending = None
+    amp = amp and method.precision == "bf16"
     method.pop_scalars()  # logged outside a step (at evaluation): not this epoch's
     for step, batch in enumerate(batches, start=1):
+        batch.step = first_step + step - 1
+        if total_steps is not None:
+            batch.total_steps = total_steps
         lr = optimizer.param_groups[0]["lr"]  # this step's, before the scheduler moves it
         autocast = torch.autocast(device_type, dtype=torch.bfloat16) if amp else nullcontext()
         with autocast:
@@ -133,7 +141,7 @@ def train_one_epoch(
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
         optimizer.step()
         scheduler.step()
-        method.after_step(model, stage)
+        method.after_step(model, stage, batch)
         extras = method.pop_scalars()
         logged.append(detached)
         if steps is not None:
@@ -213,9 +221,8 @@ def run_stage(
         scheduler.load_state_dict(resume["scheduler"])
         set_rng_state(resume["rng"])
         first_epoch = resume["epoch"]
-    classifier = classifier_of(model)
     # a stage that trains only other parts (a method's own head) cannot change val error
-    classifier_trains = any(p.requires_grad for p in classifier.parameters())
+    classifier_trains = any(p.requires_grad for p in classifier_of(model).parameters())
     loss_module: torch.nn.Module = StageLoss(model, method, stage)
     if ctx.place.active:
         devices = [ctx.device.index] if ctx.cuda else None
@@ -253,6 +260,8 @@ def run_stage(
                 progress=bar,
                 loss_module=loss_module,
                 steps=steps,
+                first_step=epoch * per_epoch,
+                total_steps=per_epoch * schedule.epochs,
             )
         except NonFiniteLoss as error:
             error.details = {"stage": stage.name, "epoch": epoch + 1, **error.details}
@@ -268,7 +277,8 @@ def run_stage(
         every = schedule.eval_every or cfg.eval.every
         if classifier_trains and ((epoch + 1) % every == 0 or last):
             top1, top5 = error_rates(
-                evaluate_split(ctx, classifier, "val", dense=False), ctx.dataset.val.targets
+                evaluate_split(ctx, method.eval_model(model), "val", dense=False),
+                ctx.dataset.val.targets,
             )
             row |= {"top1_val": top1, "top5_val": top5}
             log.evaluation(top1, top5)

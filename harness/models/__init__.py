@@ -3,7 +3,8 @@
 ``base`` (the ``Encoder`` contract, its capabilities, the registry,
 ``build_encoder``, ``classifier_of``), ``macro`` (macro-layer specs, ``Encoding``
 and the encoder pass a mirror network reads), ``dense`` (fc layers as convolutions),
-``vgg`` (vgg16, vgg_small_2, vgg_small_3), ``alexnet`` (alexnet), ``mlp`` (mlp).
+``vgg`` (vgg16, vgg_small_2, vgg_small_3), ``alexnet`` (alexnet), ``mlp`` (mlp),
+``conv_large`` (conv_large) and ``wrn`` (wrn_28_2), the consistency methods' backbones.
 Importing this package registers every model.
 """
 
@@ -21,6 +22,7 @@ from harness.models.base import (
     register_model,
     require,
 )
+from harness.models.conv_large import ConvLarge
 from harness.models.macro import (
     ConvSpec,
     Encoding,
@@ -31,6 +33,7 @@ from harness.models.macro import (
 )
 from harness.models.mlp import MLP
 from harness.models.vgg import ARCHITECTURES, VGG, Architecture, load_torchvision_vgg
+from harness.models.wrn import WideResNet
 
 __all__ = [
     "ARCHITECTURES",
@@ -41,7 +44,9 @@ __all__ = [
     "MODELS",
     "SWITCHES",
     "VGG",
+    "WideResNet",
     "AlexNet",
+    "ConvLarge",
     "Architecture",
     "ConvSpec",
     "Encoder",

@@ -134,6 +134,9 @@ class _LadderFamily(Method):
 
     models: ClassVar[tuple[str, ...]] = LADDER_MODELS
     section: ClassVar[str] = ""
+    # fp32 on CUDA too: the input layer's cost (weight 1000) is a mean of small squared
+    # residuals, which bf16's 8-bit mantissa would swamp
+    precision = "fp32"
 
     def __init__(self, cfg: DictConfig):
         super().__init__(cfg)

@@ -1,0 +1,66 @@
+"""What the consistency and pseudo-labelling methods share (not a plugin: the
+loader skips modules whose name starts with ``_``)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.data import Dataset
+from harness.ema import WithEMA
+from harness.method import Batch, Method, Stage
+from harness.models import Encoder
+
+
+def logits_of(network: nn.Module, *batches: torch.Tensor) -> list[torch.Tensor]:
+    """Class scores of several batches from one forward pass of their concatenation:
+    one pass is cheaper than several, and batch-norm statistics are those of the whole
+    step's images (what FixMatch's and MixMatch's code get by interleaving)."""
+    scores = network(torch.cat(batches))
+    return list(scores.split([len(b) for b in batches]))
+
+
+def softmax_mse(scores: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+    """Mean over images and classes of (softmax(scores) - target)^2: the consistency
+    cost of the Π-model and Mean Teacher, and MixMatch's unlabeled cost."""
+    return F.mse_loss(torch.softmax(scores.float(), dim=1), target_probs.float())
+
+
+def sharpen(probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """p^(1/T), renormalized per row (MixMatch, equation 7)."""
+    powered = probs.pow(1.0 / temperature)
+    return powered / powered.sum(dim=1, keepdim=True)
+
+
+def soft_cross_entropy(scores: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against a distribution per image, averaged over images."""
+    return -(target_probs * F.log_softmax(scores.float(), dim=1)).sum(dim=1).mean()
+
+
+class EMAEvaluated(Method):
+    """A method whose model keeps an EMA copy of its network (``harness.ema.WithEMA``),
+    updated after every step with ``ema_decay`` and used for every reported error;
+    the trained network's val error is recorded beside it as ``<trained_name>_top1_val``."""
+
+    trained_name: ClassVar[str] = "raw"
+
+    def ema_decay(self, batch: Batch) -> float:
+        raise NotImplementedError
+
+    def build_model(self, encoder: Encoder, dataset: Dataset) -> nn.Module:
+        return WithEMA(encoder)
+
+    def after_step(self, model: nn.Module, stage: Stage, batch: Batch) -> None:
+        assert isinstance(model, WithEMA)
+        model.ema.update(model.encoder, self.ema_decay(batch))
+
+    def eval_model(self, model: nn.Module) -> Encoder:
+        assert isinstance(model, WithEMA)
+        return model.ema.module
+
+    def also_evaluate(self, model: nn.Module) -> dict[str, Encoder]:
+        assert isinstance(model, WithEMA)
+        return {self.trained_name: model.encoder}

@@ -1,0 +1,110 @@
+"""Virtual adversarial training (Miyato, Maeda, Koyama & Ishii 2018, "Virtual
+adversarial training: a regularization method for supervised and semi-supervised
+learning", TPAMI).
+
+The local distributional smoothness cost: for each unlabeled image u, the direction
+r of norm ε (per image, L2) that most changes the network's output distribution,
+found by ``iterations`` steps of power iteration from a random direction scaled by
+ξ (section 3.3), and then KL(p(·|u) ‖ p(·|u + r)) with p(·|u) held fixed:
+
+    loss = CE(labeled) + α · mean KL(p(u) ‖ p(u + r_adv))  [+ mean entropy of p(u)]
+
+The entropy term is the paper's "VAT+EntMin" (section 4.1.2). The perturbation is
+computed in fp32 even where the step runs in bf16 (``full_precision``): the power
+iteration differentiates a KL divergence between two outputs ξ apart, far below
+bf16's resolution. ε is in the units of the network's input (images standardized by
+the dataset's mean and std), where the paper's are those of its own preprocessing.
+Batch-norm running statistics also see the perturbed passes (the reference code
+turns their update off; our default backbones for this method have no batch norm).
+
+Defaults (``vat`` section, takerum/vat_tf unless said): ``xi`` = 1e-6,
+``iterations`` = 1 (one power iteration suffices, section 3.3), ``weight`` = 1.0 (α),
+``entropy`` = false (``true`` is the code's "vatent", weight 1); ``epsilon`` = 1.0:
+the MNIST reference code (takerum/vat, Theano) uses ε = 0.3 at 100 labels on pixels
+in [0, 1], which on MNIST's standardized pixels (std 0.31) is about 1.0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.config import check_positive, check_weight, register_settings
+from harness.method import Batch, Method, Stage, full_precision, register_method
+
+
+@register_settings("vat")
+@dataclass
+class VATSettings:
+    epsilon: float = 1.0
+    xi: float = 1e-6
+    iterations: int = 1
+    weight: float = 1.0
+    entropy: bool = False
+
+    def __post_init__(self) -> None:
+        check_positive("vat.epsilon", self.epsilon)
+        check_positive("vat.xi", self.xi)
+        check_positive("vat.iterations", self.iterations, integer=True)
+        check_weight("vat.weight", self.weight)
+
+
+def _norms(d: torch.Tensor) -> torch.Tensor:
+    return d.flatten(1).norm(dim=1).view(-1, *([1] * (d.dim() - 1)))
+
+
+def _unit(d: torch.Tensor) -> torch.Tensor:
+    """Each image's direction scaled to L2 norm 1 (an all-zero one stays 0)."""
+    return d / _norms(d).clamp_min(torch.finfo(d.dtype).tiny)
+
+
+def _kl(p_log: torch.Tensor, q_scores: torch.Tensor) -> torch.Tensor:
+    """KL(p ‖ q) per batch mean, p given as log-probabilities."""
+    return F.kl_div(F.log_softmax(q_scores, dim=1), p_log, log_target=True, reduction="batchmean")
+
+
+def adversarial_direction(
+    network: nn.Module, images: torch.Tensor, p_log: torch.Tensor, xi: float, iterations: int
+) -> torch.Tensor:
+    """The unit direction (per image) that most increases KL(p ‖ p(· | images + ξ d)),
+    by power iteration from a random Gaussian ``d`` (global RNG: seeded per epoch).
+
+    The gradient at ξ d is about ξ H d (H: the KL's Hessian at 0); for a network that is
+    still nearly flat in its input (an untrained one) it can round to exactly 0 in fp32.
+    Such an image keeps its previous direction, so every perturbation has norm ε."""
+    d = _unit(torch.randn_like(images))
+    for _ in range(iterations):
+        probe = (xi * d).requires_grad_(True)
+        divergence = _kl(p_log, network(images + probe).float())
+        (grad,) = torch.autograd.grad(divergence, probe)
+        d = torch.where(_norms(grad) > 0, _unit(grad.detach()), d)
+    return d
+
+
+@register_method("vat")
+class VAT(Method):
+    config_sections = ("vat",)
+
+    def stages(self) -> list[Stage]:
+        return [Stage("train", unlabeled=True)]
+
+    def loss(self, model: nn.Module, stage: Stage, batch: Batch) -> dict[str, torch.Tensor]:
+        settings = self.cfg.vat
+        terms = {"cls": F.cross_entropy(model(batch.x), batch.y)}
+        if not batch.u:
+            return terms
+        with full_precision(batch.u[0].device.type):
+            u = batch.u[0].float()
+            scores = model(u).float()
+            p_log = F.log_softmax(scores.detach(), dim=1)
+            direction = adversarial_direction(model, u, p_log, settings.xi, settings.iterations)
+            r_adv = settings.epsilon * direction
+            terms["vat"] = settings.weight * _kl(p_log, model(u + r_adv).float())
+            if settings.entropy:
+                probs = torch.softmax(scores, dim=1)
+                terms["entropy"] = -(probs * F.log_softmax(scores, dim=1)).sum(1).mean()
+        self.log_scalar("r_norm", r_adv.flatten(1).norm(dim=1).mean())
+        return terms
