@@ -66,6 +66,23 @@ def kill_when(args: list[str], checkpoints: str, reached, timeout: float = 120) 
     return caught
 
 
+def assert_same_run(reference: Path, run: Path) -> None:
+    """Two run folders hold the same result: metrics (but wall time), every history row
+    (but its seconds) and every val prediction, bit for bit."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    ref, got = (json.loads((f / "metrics.json").read_text()) for f in (reference, run))
+    ref.pop("seconds"), got.pop("seconds")
+    assert got == ref
+    a, b = (pd.read_csv(f / "history.csv").drop(columns="seconds") for f in (reference, run))
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    want, found = (np.load(f / "predictions.npz")["val_topk"] for f in (reference, run))
+    assert np.array_equal(want, found)
+
+
 def tree(root: Path) -> dict[str, float]:
     """Every file under ``root`` with its modification time (to prove nothing changed)."""
     return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}

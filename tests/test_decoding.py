@@ -16,7 +16,7 @@ from harness.engine.loop import set_trainable
 from harness.method import Batch, get_method
 from harness.models import build_encoder
 from harness.plan import make_plan
-from tests.conftest import kill_when, run_cli
+from tests.conftest import assert_same_run, kill_when, run_cli
 
 VARIANTS = ["sae_first", "sae_all", "sae_layerwise", "swwae_first", "swwae_all", "swwae_layerwise"]
 # digits, 100 labels, one seed, every stage short: seconds per run, real data
@@ -284,17 +284,7 @@ def test_sigkill_in_the_joint_finetune_then_resume_equals_uninterrupted(decoding
     assert not (run / "metrics.json").exists(), "killed too late to test a resume"
     resumed = run_cli(*args)
     assert resumed.returncode == 0, resumed.stderr
-    ref_folder = records(decoding_runs)["swwae_all"]
-    ref, got = metrics(ref_folder), metrics(run)
-    ref.pop("seconds"), got.pop("seconds")
-    assert got == ref
-    a = pd.read_csv(ref_folder / "history.csv").drop(columns="seconds")
-    b = pd.read_csv(run / "history.csv").drop(columns="seconds")
-    pd.testing.assert_frame_equal(a, b, check_exact=True)
-    assert np.array_equal(
-        np.load(ref_folder / "predictions.npz")["val_topk"],
-        np.load(run / "predictions.npz")["val_topk"],
-    )
+    assert_same_run(records(decoding_runs)["swwae_all"], run)
 
 
 def test_invert_draws_sae_beside_swwae_from_each_layer(decoding_runs):

@@ -32,7 +32,7 @@ from methods.fixmatch import confident_targets
 from methods.mean_teacher import teacher_decay
 from methods.mixmatch import mix
 from methods.vat import adversarial_direction
-from tests.conftest import kill_when, run_cli, tree
+from tests.conftest import assert_same_run, kill_when, run_cli, tree
 
 SSL_METHODS = ("pseudo_label", "pi_model", "mean_teacher", "vat", "mixmatch", "fixmatch")
 # a few real steps per run on the digits suite: seconds, the real models on real images
@@ -468,17 +468,7 @@ def test_sigkill_then_resume_is_bit_identical(name, tmp_path):
     assert not (run / "metrics.json").exists(), "killed too late to test a resume"
     resumed = run_cli(*args, f"results={results}")
     assert resumed.returncode == 0, resumed.stderr
-    ref_folder = _records(tmp_path / "ref")[name]
-    ref, got = _metrics(ref_folder), _metrics(run)
-    ref.pop("seconds"), got.pop("seconds")
-    assert got == ref
-    a = pd.read_csv(ref_folder / "history.csv").drop(columns="seconds")
-    b = pd.read_csv(run / "history.csv").drop(columns="seconds")
-    pd.testing.assert_frame_equal(a, b, check_exact=True)
-    assert np.array_equal(
-        np.load(ref_folder / "predictions.npz")["val_topk"],
-        np.load(run / "predictions.npz")["val_topk"],
-    )
+    assert_same_run(_records(tmp_path / "ref")[name], run)
 
 
 def test_a_dry_run_of_an_ssl_suite_writes_nothing(tmp_path):

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from harness.cli import Command, key_values
+from harness.config.identity import EXECUTION_KEYS
 from harness.config.schema import (
     DEFAULT_SUITE,
     LAUNCHER_NAMES,
@@ -37,27 +38,8 @@ from harness.method import available_methods
 
 _LIST_KEYS = ("methods", "labels", "seeds", "logger")
 # keys a `per_method` entry may not set: they plan, launch, log or report the whole suite
-PER_METHOD_REFUSED = (
-    "suite",
-    "description",
-    "methods",
-    "labels",
-    "seeds",
-    "eval",
-    "report",
-    "published",
-    "device",
-    "threads",
-    "launcher",
-    "parallel",
-    "wait",
-    "slurm",
-    "results",
-    "progress",
-    "dry_run",
-    "logger",
-    "per_method",
-)
+# (every key a run id leaves out, and the evaluation's batch size)
+PER_METHOD_REFUSED = (*EXECUTION_KEYS, "eval")
 
 
 @cache
