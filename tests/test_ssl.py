@@ -399,18 +399,30 @@ def _metrics(folder: Path) -> dict:
 
 def test_the_six_train_through_the_cli_under_inprocess_and_local_parallel(tmp_path):
     methods = f"methods=[{','.join(SSL_METHODS)}]"
-    inprocess = run_cli(methods, *SHORT, f"results={tmp_path / 'a'}")
+    own_model = "per_method.pi_model.model.name=mlp"  # one method on a model of its own
+    inprocess = run_cli(methods, *SHORT, own_model, f"results={tmp_path / 'a'}")
     assert inprocess.returncode == 0, inprocess.stderr
+    # the two with an EMA copy, under the other local launcher: the same numbers
     parallel = run_cli(
-        methods, *SHORT, "launcher=local_parallel", "parallel=2", f"results={tmp_path / 'b'}"
+        "methods=[mean_teacher,fixmatch]",
+        *SHORT,
+        "launcher=local_parallel",
+        "parallel=2",
+        f"results={tmp_path / 'b'}",
     )
     assert parallel.returncode == 0, parallel.stderr
     first, second = _records(tmp_path / "a"), _records(tmp_path / "b")
-    assert set(first) == set(SSL_METHODS) == set(second)
-    for name in SSL_METHODS:
-        a, b = _metrics(first[name]), _metrics(second[name])
+    assert set(first) == set(SSL_METHODS) and set(second) == {"mean_teacher", "fixmatch"}
+    for name, folder in second.items():
+        a, b = _metrics(first[name]), _metrics(folder)
         a.pop("seconds"), b.pop("seconds")
         assert a == b, f"{name}: the launchers disagree"
+    models = {
+        name: yaml.safe_load((folder / "config.yaml").read_text())["config"]["model"]["name"]
+        for name, folder in first.items()
+    }
+    assert models == {name: "mlp" if name == "pi_model" else "vgg_small_2" for name in SSL_METHODS}
+    for name in SSL_METHODS:
         history = pd.read_csv(first[name] / "history.csv")
         assert list(history["images_labeled"]) == [4 * 32] * 2
         pool = 4 * (2 * 32 if name == "fixmatch" else 64)  # FixMatch: mu x the labeled batch
@@ -451,8 +463,8 @@ def test_sigkill_then_resume_is_bit_identical(name, tmp_path):
     args = [
         f"methods=[{name}]",
         *SHORT,
-        "schedule.train.epochs=6",
-        "schedule.train.steps=6",
+        "schedule.train.epochs=4",
+        "schedule.train.steps=5",
         "schedule.train.eval_every=1",
     ]
     reference = run_cli(*args, f"results={tmp_path / 'ref'}")
