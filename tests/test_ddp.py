@@ -31,7 +31,7 @@ RUN = [
     "labels=[500]",
     "seeds=[0]",
     "model.dropout=0",
-    "schedule.pretrain.epochs=8",
+    "schedule.pretrain.epochs=20",
     "schedule.decoder_layerwise.epochs=1",
     "schedule.decoder_topdown.epochs=1",
     "schedule.finetune.epochs=2",
@@ -41,7 +41,9 @@ RUN = [
 ]
 TOP1_TOLERANCE = 1.5  # top-1 val error points, 2 processes vs 1 (7 of 449 images)
 # The two runs' float sums differ in order from the first step; Adam and 13 epochs
-# carry that into a slightly different model (measured: 94-99% equal predictions).
+# carry that into a slightly different model: trained to convergence (20 epochs), the two
+# differ by 0.0-0.2 points (measured on an AVX2 CPU; at 8 epochs, still at 40-47% error,
+# by up to 7 points there).
 AGREEMENT = 0.9
 
 

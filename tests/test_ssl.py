@@ -37,8 +37,9 @@ from tests.conftest import assert_same_run, kill_when, run_cli, tree
 SSL_METHODS = ("pseudo_label", "pi_model", "mean_teacher", "vat", "mixmatch", "fixmatch")
 # a few real steps per run on the digits suite: seconds, the real models on real images
 SHORT = [
-    "schedule.train.epochs=2",
+    "schedule.train.epochs=4",
     "schedule.train.steps=4",
+    "schedule.train.eval_every=1",
     "fixmatch.mu=2",
     "progress=false",
     "seeds=[0]",
@@ -397,11 +398,20 @@ def _metrics(folder: Path) -> dict:
     return json.loads((folder / "metrics.json").read_text())
 
 
-def test_the_six_train_through_the_cli_under_inprocess_and_local_parallel(tmp_path):
+OWN_MODEL = "per_method.pi_model.model.name=mlp"  # one method on a model of its own
+
+
+@pytest.fixture(scope="module")
+def six_runs(tmp_path_factory) -> Path:
+    """The six through the CLI in one process (the reference of the tests below)."""
+    results = tmp_path_factory.mktemp("six")
     methods = f"methods=[{','.join(SSL_METHODS)}]"
-    own_model = "per_method.pi_model.model.name=mlp"  # one method on a model of its own
-    inprocess = run_cli(methods, *SHORT, own_model, f"results={tmp_path / 'a'}")
+    inprocess = run_cli(methods, *SHORT, OWN_MODEL, f"results={results}")
     assert inprocess.returncode == 0, inprocess.stderr
+    return results
+
+
+def test_the_six_train_through_the_cli_under_inprocess_and_local_parallel(six_runs, tmp_path):
     # the two with an EMA copy, under the other local launcher: the same numbers
     parallel = run_cli(
         "methods=[mean_teacher,fixmatch]",
@@ -411,7 +421,7 @@ def test_the_six_train_through_the_cli_under_inprocess_and_local_parallel(tmp_pa
         f"results={tmp_path / 'b'}",
     )
     assert parallel.returncode == 0, parallel.stderr
-    first, second = _records(tmp_path / "a"), _records(tmp_path / "b")
+    first, second = _records(six_runs), _records(tmp_path / "b")
     assert set(first) == set(SSL_METHODS) and set(second) == {"mean_teacher", "fixmatch"}
     for name, folder in second.items():
         a, b = _metrics(first[name]), _metrics(folder)
@@ -424,9 +434,9 @@ def test_the_six_train_through_the_cli_under_inprocess_and_local_parallel(tmp_pa
     assert models == {name: "mlp" if name == "pi_model" else "vgg_small_2" for name in SSL_METHODS}
     for name in SSL_METHODS:
         history = pd.read_csv(first[name] / "history.csv")
-        assert list(history["images_labeled"]) == [4 * 32] * 2
+        assert list(history["images_labeled"]) == [4 * 32] * 4
         pool = 4 * (2 * 32 if name == "fixmatch" else 64)  # FixMatch: mu x the labeled batch
-        assert list(history["images_unlabeled"]) == [pool] * 2
+        assert list(history["images_unlabeled"]) == [pool] * 4
     assert "student_top1_val" in _metrics(first["mean_teacher"])
     assert "raw_top1_val" in _metrics(first["fixmatch"])
     # the reported errors are the teacher's: its predictions, from the final checkpoint
@@ -459,16 +469,8 @@ def test_the_six_run_as_slurm_jobs(slurm_cluster, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["mean_teacher", "fixmatch"])
-def test_sigkill_then_resume_is_bit_identical(name, tmp_path):
-    args = [
-        f"methods=[{name}]",
-        *SHORT,
-        "schedule.train.epochs=4",
-        "schedule.train.steps=5",
-        "schedule.train.eval_every=1",
-    ]
-    reference = run_cli(*args, f"results={tmp_path / 'ref'}")
-    assert reference.returncode == 0, reference.stderr
+def test_sigkill_then_resume_is_bit_identical(name, six_runs, tmp_path):
+    args = [f"methods=[{name}]", *SHORT, OWN_MODEL]  # the run ids of six_runs
     results = tmp_path / "killed"
     caught = kill_when(
         [*args, f"results={results}"],
@@ -480,7 +482,7 @@ def test_sigkill_then_resume_is_bit_identical(name, tmp_path):
     assert not (run / "metrics.json").exists(), "killed too late to test a resume"
     resumed = run_cli(*args, f"results={results}")
     assert resumed.returncode == 0, resumed.stderr
-    assert_same_run(_records(tmp_path / "ref")[name], run)
+    assert_same_run(_records(six_runs)[name], run)
 
 
 def test_a_dry_run_of_an_ssl_suite_writes_nothing(tmp_path):
