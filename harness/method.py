@@ -245,6 +245,8 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
     def add(cls: type[Method]) -> type[Method]:
         if name in METHODS and METHODS[name] is not cls:
             raise ValueError(f"method {name!r} registered twice")
+        if cls.precision not in PRECISIONS:
+            raise ValueError(f"method {name!r}: precision {cls.precision!r} not in {PRECISIONS}")
         cls.name = name
         METHODS[name] = cls
         return cls

@@ -49,13 +49,19 @@ def validate(argv: list[str]) -> tuple[DictConfig, list[RunSpec]]:
         check_writable(results)
     plan = make_plan(cfg)
     dataset = load_dataset(cfg.data)
+    # one encoder (and one load of a pretrained file) per distinct model, shared by the
+    # methods that train it: a VGG-16 and its 500 MB checkpoint once, not once a method
+    encoders: dict[tuple[str, int, str], torch.nn.Module] = {}
     for name in dict.fromkeys(spec.method for spec in plan):  # a method may reject the model
         own = config_for(cfg, name)  # its per_method entry merged in
-        encoder = build_encoder(
-            own.model.name, dataset.channels, dataset.num_classes, own.data.crop
-        )
-        if own.model.pretrained:
-            check_pretrained(own.model.pretrained, encoder)
+        key = (own.model.name, own.data.crop, own.model.pretrained)
+        if key not in encoders:
+            encoders[key] = build_encoder(
+                own.model.name, dataset.channels, dataset.num_classes, own.data.crop
+            )
+            if own.model.pretrained:
+                check_pretrained(own.model.pretrained, encoders[key])
+        encoder = encoders[key]
         method = get_method(name)
         check_model(method, own.model.name)  # a method that trains only models of its own
         require(encoder, own.model.name, method.needs, name)  # what it needs the model offers

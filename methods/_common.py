@@ -23,6 +23,12 @@ def logits_of(network: nn.Module, *batches: torch.Tensor) -> list[torch.Tensor]:
     return list(scores.split([len(b) for b in batches]))
 
 
+def labeled_cost(network: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+    """The labeled batch's cross-entropy alone: what these methods train on where a
+    stage has no pool (every image labeled) and so no unlabeled views."""
+    return {"cls": F.cross_entropy(network(batch.x), batch.y)}
+
+
 def softmax_mse(scores: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
     """Mean over images and classes of (softmax(scores) - target)^2: the consistency
     cost of the Π-model and Mean Teacher, and MixMatch's unlabeled cost."""

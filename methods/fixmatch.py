@@ -38,7 +38,7 @@ from harness.config import (
 )
 from harness.ema import WithEMA
 from harness.method import Batch, Stage, register_method
-from methods._common import EMAEvaluated, logits_of
+from methods._common import EMAEvaluated, labeled_cost, logits_of
 
 
 @register_settings("fixmatch")
@@ -87,7 +87,7 @@ class FixMatch(EMAEvaluated):
         assert isinstance(model, WithEMA)
         settings = self.cfg.fixmatch
         if not batch.u:
-            return {"cls": F.cross_entropy(model.encoder(batch.x), batch.y)}
+            return labeled_cost(model.encoder, batch)
         weak_view, strong_view = batch.u
         labeled, weak, strong = logits_of(model.encoder, batch.x, weak_view, strong_view)
         targets, mask = confident_targets(weak, settings.threshold)

@@ -36,7 +36,7 @@ from harness.config import check_fraction, check_weight, register_settings
 from harness.ema import WithEMA
 from harness.method import Batch, Stage, register_method
 from harness.ramps import sigmoid_rampup
-from methods._common import EMAEvaluated, logits_of, softmax_mse
+from methods._common import EMAEvaluated, labeled_cost, logits_of, softmax_mse
 
 
 @register_settings("mean_teacher")
@@ -70,7 +70,7 @@ class MeanTeacher(EMAEvaluated):
         assert isinstance(model, WithEMA)
         settings = self.cfg.mean_teacher
         if not batch.u:
-            return {"cls": F.cross_entropy(model.encoder(batch.x), batch.y)}
+            return labeled_cost(model.encoder, batch)
         labeled, student = logits_of(model.encoder, batch.x, batch.u[0])
         with torch.no_grad():
             teacher = model.ema(batch.u[1]).float()

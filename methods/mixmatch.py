@@ -30,7 +30,14 @@ from harness.config import check_fraction, check_positive, check_weight, registe
 from harness.ema import WithEMA
 from harness.method import Batch, Stage, register_method
 from harness.ramps import linear_rampup
-from methods._common import EMAEvaluated, logits_of, sharpen, soft_cross_entropy, softmax_mse
+from methods._common import (
+    EMAEvaluated,
+    labeled_cost,
+    logits_of,
+    sharpen,
+    soft_cross_entropy,
+    softmax_mse,
+)
 
 
 @register_settings("mixmatch")
@@ -84,7 +91,7 @@ class MixMatch(EMAEvaluated):
         settings = self.cfg.mixmatch
         network = model.encoder
         if not batch.u:
-            return {"cls": F.cross_entropy(network(batch.x), batch.y)}
+            return labeled_cost(network, batch)
         classes = network.num_classes
         with torch.no_grad():
             guesses = [torch.softmax(s.float(), 1) for s in logits_of(network, *batch.u)]

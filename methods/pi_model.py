@@ -31,7 +31,7 @@ from torch import nn
 from harness.config import check_fraction, check_weight, register_settings
 from harness.method import Batch, Method, Stage, register_method
 from harness.ramps import sigmoid_rampup
-from methods._common import logits_of, softmax_mse
+from methods._common import labeled_cost, logits_of, softmax_mse
 
 
 @register_settings("pi_model")
@@ -56,7 +56,7 @@ class PiModel(Method):
     def loss(self, model: nn.Module, stage: Stage, batch: Batch) -> dict[str, torch.Tensor]:
         settings = self.cfg.pi_model
         if not batch.u:
-            return {"cls": F.cross_entropy(model(batch.x), batch.y)}
+            return labeled_cost(model, batch)
         labeled, first, second = logits_of(model, batch.x, *batch.u)
         weight = settings.weight * sigmoid_rampup(batch.progress, settings.ramp)
         self.log_scalar("weight", weight)

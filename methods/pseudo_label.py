@@ -32,7 +32,7 @@ from torch import nn
 from harness.config import check_fraction, check_weight, register_settings
 from harness.method import Batch, Method, Stage, register_method
 from harness.ramps import sigmoid_rampup
-from methods._common import logits_of
+from methods._common import labeled_cost, logits_of
 
 
 @register_settings("pseudo_label")
@@ -58,7 +58,7 @@ class PseudoLabel(Method):
     def loss(self, model: nn.Module, stage: Stage, batch: Batch) -> dict[str, torch.Tensor]:
         settings = self.cfg.pseudo_label
         if not batch.u:  # every image labeled: no pool to pseudo-label
-            return {"cls": F.cross_entropy(model(batch.x), batch.y)}
+            return labeled_cost(model, batch)
         labeled, unlabeled = logits_of(model, batch.x, batch.u[0])
         with torch.no_grad():
             confidence, targets = torch.softmax(unlabeled.float(), dim=1).max(dim=1)

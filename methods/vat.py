@@ -34,6 +34,7 @@ from torch import nn
 
 from harness.config import check_positive, check_weight, register_settings
 from harness.method import Batch, Method, Stage, full_precision, register_method
+from methods._common import labeled_cost
 
 
 @register_settings("vat")
@@ -93,12 +94,13 @@ class VAT(Method):
 
     def loss(self, model: nn.Module, stage: Stage, batch: Batch) -> dict[str, torch.Tensor]:
         settings = self.cfg.vat
-        terms = {"cls": F.cross_entropy(model(batch.x), batch.y)}
+        terms = labeled_cost(model, batch)
         if not batch.u:
             return terms
         with full_precision(batch.u[0].device.type):
             u = batch.u[0].float()
-            scores = model(u).float()
+            with torch.set_grad_enabled(bool(settings.entropy)):  # else only its p is read
+                scores = model(u).float()
             p_log = F.log_softmax(scores.detach(), dim=1)
             direction = adversarial_direction(model, u, p_log, settings.xi, settings.iterations)
             r_adv = settings.epsilon * direction

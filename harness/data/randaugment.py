@@ -31,23 +31,6 @@ import torch.nn.functional as F
 
 GRAY = 0.5  # the fill of Cutout and of geometric operations' borders (reference code: 128)
 
-# (name, low, high) of each operation's magnitude (Sohn et al. 2020, Table 12)
-OPERATIONS: tuple[tuple[str, float, float], ...] = (
-    ("autocontrast", 0.0, 0.0),
-    ("brightness", 0.05, 0.95),
-    ("color", 0.05, 0.95),
-    ("contrast", 0.05, 0.95),
-    ("equalize", 0.0, 0.0),
-    ("identity", 0.0, 0.0),
-    ("posterize", 4.0, 8.0),  # bits kept
-    ("rotate", -30.0, 30.0),  # degrees
-    ("sharpness", 0.05, 0.95),
-    ("shear_x", -0.3, 0.3),
-    ("shear_y", -0.3, 0.3),
-    ("solarize", 0.0, 1.0),  # threshold
-    ("translate_x", -0.3, 0.3),  # fraction of the image
-    ("translate_y", -0.3, 0.3),
-)
 CUTOUT = 0.5  # Cutout's side, as a fraction of the image side
 
 
@@ -178,26 +161,26 @@ def _translate_y(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return _affine(x, theta)
 
 
-def _identity(x: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
-    return x
-
-
-_APPLY: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "autocontrast": _autocontrast,
-    "brightness": _brightness,
-    "color": _color,
-    "contrast": _contrast,
-    "equalize": _equalize,
-    "identity": _identity,
-    "posterize": _posterize,
-    "rotate": _rotate,
-    "sharpness": _sharpness,
-    "shear_x": _shear_x,
-    "shear_y": _shear_y,
-    "solarize": _solarize,
-    "translate_x": _translate_x,
-    "translate_y": _translate_y,
-}
+# (name, low, high, function) of each operation, its magnitude drawn in [low, high]
+# (Sohn et al. 2020, Table 12); identity is drawn like the others and changes nothing
+OPERATIONS: tuple[
+    tuple[str, float, float, Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None], ...
+] = (
+    ("autocontrast", 0.0, 0.0, _autocontrast),
+    ("brightness", 0.05, 0.95, _brightness),
+    ("color", 0.05, 0.95, _color),
+    ("contrast", 0.05, 0.95, _contrast),
+    ("equalize", 0.0, 0.0, _equalize),
+    ("identity", 0.0, 0.0, None),
+    ("posterize", 4.0, 8.0, _posterize),  # bits kept
+    ("rotate", -30.0, 30.0, _rotate),  # degrees
+    ("sharpness", 0.05, 0.95, _sharpness),
+    ("shear_x", -0.3, 0.3, _shear_x),
+    ("shear_y", -0.3, 0.3, _shear_y),
+    ("solarize", 0.0, 1.0, _solarize),  # threshold
+    ("translate_x", -0.3, 0.3, _translate_x),  # fraction of the image
+    ("translate_y", -0.3, 0.3, _translate_y),
+)
 
 
 def rand_augment(
@@ -211,7 +194,7 @@ def rand_augment(
 ) -> torch.Tensor:
     """uint8 [B, C, H, W] -> uint8: ``ops`` random operations per image, then Cutout.
 
-    The draws (operation, magnitude, Cutout size and place) are made on the CPU from
+    The draws (operation, magnitude, Cutout place) are made on the CPU from
     ``generator`` for the ``full`` batch and sliced to this rank's rows."""
     drawn = full or len(images)
     which = torch.randint(0, len(OPERATIONS), (drawn, ops), generator=generator)[rank::world]
@@ -223,13 +206,11 @@ def rand_augment(
     which = which.to(images.device)
     x = images.float() / 255.0
     for round_ in range(ops):
-        for index, (name, _, _) in enumerate(OPERATIONS):
-            if name == "identity":
-                continue
+        for index, (_, _, _, apply) in enumerate(OPERATIONS):
             rows = (which[:, round_] == index).nonzero().squeeze(1)
-            if len(rows) == 0:
+            if apply is None or len(rows) == 0:
                 continue
-            x[rows] = _APPLY[name](x[rows], magnitude[rows, round_])
+            x[rows] = apply(x[rows], magnitude[rows, round_])
         x = (x * 255.0).round_().clamp_(0.0, 255.0) / 255.0  # PIL works on 256 levels
     x = cutout(x, cut.to(images.device))
     return (x * 255.0).round_().to(torch.uint8)
