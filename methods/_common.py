@@ -3,6 +3,8 @@ loader skips modules whose name starts with ``_``)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import ClassVar
 
 import torch
@@ -27,6 +29,23 @@ def labeled_cost(network: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
     """The labeled batch's cross-entropy alone: what these methods train on where a
     stage has no pool (every image labeled) and so no unlabeled views."""
     return {"cls": F.cross_entropy(network(batch.x), batch.y)}
+
+
+@contextmanager
+def batch_norm_stats_kept(network: nn.Module) -> Iterator[None]:
+    """Forward passes inside leave every batch norm's running statistics as they were
+    (the batch's own statistics still normalize it): VAT's reference code updates them
+    on the labeled pass only, never on the unlabeled or perturbed ones, whose inputs
+    (ξ and ε off the data) are not the distribution evaluation sees."""
+    norms = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [{k: b.clone() for k, b in m.named_buffers(recurse=False)} for m in norms]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for module, buffers in zip(norms, saved, strict=True):
+                for name, value in buffers.items():
+                    getattr(module, name).copy_(value)
 
 
 def softmax_mse(scores: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:

@@ -14,8 +14,8 @@ computed in fp32 even where the step runs in bf16 (``full_precision``): the powe
 iteration differentiates a KL divergence between two outputs ξ apart, far below
 bf16's resolution. ε is in the units of the network's input (images standardized by
 the dataset's mean and std), where the paper's are those of its own preprocessing.
-Batch-norm running statistics also see the perturbed passes (the reference code
-turns their update off; our default backbones for this method have no batch norm).
+Batch-norm running statistics are updated by the labeled pass only, as in the
+reference code: the unlabeled and perturbed passes leave them as they were.
 
 Defaults (``vat`` section, takerum/vat_tf unless said): ``xi`` = 1e-6,
 ``iterations`` = 1 (one power iteration suffices, section 3.3), ``weight`` = 1.0 (α),
@@ -34,7 +34,7 @@ from torch import nn
 
 from harness.config import check_positive, check_weight, register_settings
 from harness.method import Batch, Method, Stage, full_precision, register_method
-from methods._common import labeled_cost
+from methods._common import batch_norm_stats_kept, labeled_cost
 
 
 @register_settings("vat")
@@ -97,7 +97,7 @@ class VAT(Method):
         terms = labeled_cost(model, batch)
         if not batch.u:
             return terms
-        with full_precision(batch.u[0].device.type):
+        with full_precision(batch.u[0].device.type), batch_norm_stats_kept(model):
             u = batch.u[0].float()
             with torch.set_grad_enabled(bool(settings.entropy)):  # else only its p is read
                 scores = model(u).float()

@@ -118,15 +118,38 @@ def _why_no_cluster() -> str | None:
     return None
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist every worker is a session of its own: the tests that use the
     one SLURM cluster run on one worker, so only one starts it and stops it, and so
     do the DDP tests (process groups on free local ports: two at once could race for
-    a port, seen as a gloo rank aborting)."""
+    a port, seen as a gloo rank aborting). First among the hooks: xdist's worker reads
+    the marks into the test ids in its own hook, which runs before a conftest's
+    (registered earlier) unless told otherwise; after it, the marks did nothing and a
+    worker that finished early stopped the cluster under the other's running jobs."""
     for item in items:
         uses_cluster = "slurm_cluster" in getattr(item, "fixturenames", ())
         if uses_cluster or item.path.name == "test_ddp.py":
             item.add_marker(pytest.mark.xdist_group("cluster_and_ddp"))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Fail a worker whose grouped tests did not get their group into their ids (what
+    xdist's scheduler reads): a pytest that xdist does not follow (9.2 reads ids from
+    elsewhere) would otherwise spread the cluster tests again, and they would fail
+    only by chance, as timeouts."""
+    if not (os.environ.get("PYTEST_XDIST_WORKER") and session.config.getvalue("loadgroup")):
+        return
+    lost = [
+        item.nodeid
+        for item in session.items
+        if any(True for _ in item.iter_markers("xdist_group")) and "@" not in item.nodeid
+    ]
+    if lost:
+        raise pytest.UsageError(
+            f"pytest-xdist did not group {len(lost)} tests (first: {lost[0]}) under pytest "
+            f"{pytest.__version__}; pyproject.toml pins a pytest it works with"
+        )
 
 
 @pytest.fixture(scope="session")
