@@ -79,9 +79,9 @@ def fabricate(spec, results) -> RunRecord:
     final = metrics["top1_val"]
     # a "best" early evaluation far below the end: never the reported value
     record.write_history(
-        [{"stage": "pretrain", "epoch": 1, "top1_val": 1.0, "top5_val": 1.0}]
+        [{"stage": "pretrain", "epoch": 1, "step": 10, "top1_val": 1.0, "top5_val": 1.0}]
         + [
-            {"stage": "finetune", "epoch": e, "top1_val": v, "top5_val": v}
+            {"stage": "finetune", "epoch": e, "step": 10 + e, "top1_val": v, "top5_val": v}
             for e, v in enumerate([final + 9, final + 4, final + 2, final], start=1)
         ]
     )
@@ -307,7 +307,7 @@ def test_report_cli_errors_and_end_to_end(suite):
     assert ok.returncode == 0, ok.stderr
     assert "| swwae_all | 3 |" in ok.stdout
     folder = Path(cfg.results) / "digits" / "report"
-    for name in ("error_vs_labels", "seeds", "learning_curves"):
+    for name in ("error_vs_labels", "seeds", "learning_curves", "learning_curves_steps"):
         for kind in ("png", "pdf"):
             assert (folder / f"{name}.{kind}").stat().st_size > 1000, name
 
@@ -608,3 +608,39 @@ def test_a_bad_published_entry_exits_2_before_any_run(results):
     )
     assert bad.returncode == 2 and not results.exists()
     assert "published[0].method='ladr' is not a registered method" in bad.stderr
+
+
+def test_learning_curves_share_one_axis_of_classifier_steps_across_stages():
+    """The baseline's step 1 (4 steps) then fine-tune (2); a decoding run that copies
+    that step 1, trains its decoder 3 steps, then fine-tunes 2; a one-stage method
+    (6 steps). Each evaluation lands at the classifier's steps so far."""
+    nan = np.nan
+    history = pd.DataFrame(
+        [
+            ("base", "pretrain", 1, 2, 50.0),
+            ("base", "pretrain", 2, 4, 40.0),
+            ("base", "finetune", 1, 5, nan),
+            ("base", "finetune", 2, 6, 30.0),
+            ("dec", "decoder_layerwise", 1, 3, nan),
+            ("dec", "finetune", 1, 4, nan),
+            ("dec", "finetune", 2, 5, 29.0),
+            ("one", "train", 1, 3, 45.0),
+            ("one", "train", 2, 6, 20.0),
+        ],
+        columns=["run_id", "stage", "epoch", "step", "top1_val"],
+    )
+    from harness.report.plots import classifier_steps
+
+    placed = classifier_steps(history)
+    keys = zip(placed["run_id"], placed["epoch"], placed["stage"], strict=True)
+    got = dict(zip(keys, placed["classifier_step"], strict=True))
+    assert got == {
+        ("base", 1, "pretrain"): 2.0,
+        ("base", 2, "pretrain"): 4.0,
+        ("base", 2, "finetune"): 6.0,
+        ("dec", 2, "finetune"): 6.0,  # 4 copied + 2 of its own; the decoder's 3 not counted
+        ("one", 1, "train"): 3.0,
+        ("one", 2, "train"): 6.0,
+    }
+    older = history.assign(step=-1)  # records written before history.csv had steps
+    assert classifier_steps(older).empty

@@ -277,7 +277,12 @@ def _read_history(path: str | Path, floats: bool = True) -> dict[str, list]:
     def column(name: str) -> list[str]:
         return fields[width + where[name] :: width]  # KeyError: an unreadable record
 
-    history = {"stage": column("stage"), "epoch": list(map(int, column("epoch")))}
+    history = {
+        "stage": column("stage"),
+        "epoch": list(map(int, column("epoch"))),
+        # the run's optimizer steps so far (its own stages; absent in older records)
+        "step": list(map(int, column("step"))) if "step" in where else [-1] * count,
+    }
     for name in HISTORY_COLUMNS:  # absent: no evaluation in any epoch
         values = column(name) if name in where else [""] * count
         history[name] = _errors(values) if floats else values
@@ -472,6 +477,7 @@ class _History:
                 # float, as the cache has it (its first write concatenated these with
                 # the empty cache, whose columns are float)
                 "epoch": np.array(self.column("epoch"), dtype=float),
+                "step": np.array(self.column("step"), dtype=float),
                 **{name: np.array(errors[name], dtype=float) for name in HISTORY_COLUMNS},
             }
         )
@@ -495,7 +501,14 @@ class _History:
         return failed
 
 
-_EMPTY_HISTORY = {"run_id": [], "stage": [], "epoch": [], "top1_val": [], "top5_val": []}
+_EMPTY_HISTORY = {
+    "run_id": [],
+    "stage": [],
+    "epoch": [],
+    "step": [],
+    "top1_val": [],
+    "top5_val": [],
+}
 
 
 def _read_cache(cache_dir: Path | None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -509,7 +522,7 @@ def _read_cache(cache_dir: Path | None) -> tuple[pd.DataFrame, pd.DataFrame]:
         return empty
     if not {"run_id", "stamp", "cache_token"} <= set(runs.columns) or len(runs) == 0:
         return empty
-    if "cache_token" not in history.columns or (
+    if not {"cache_token", *_EMPTY_HISTORY} <= set(history.columns) or (
         len(history) and set(history["cache_token"].unique()) != {runs["cache_token"].iloc[0]}
     ):
         return empty  # the two files are from different writes: trust neither

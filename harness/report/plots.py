@@ -9,6 +9,9 @@
   panel per label budget, with the mean and its 95% CI.
 - ``learning_curves``: top-1 val error over training epochs from history.csv,
   mean ± 1.96 standard errors over seeds, one panel per label budget and stage.
+- ``learning_curves_steps``: the same errors on one axis per label budget, the
+  classifier's training steps (``classifier_steps``), so a method trained in one
+  stage is seen beside the baseline's step 1 and fine-tune at equal steps.
 
 Method families add their own figures (``harness.report.extras``), written with
 ``save_figure``. Files are written only when their bytes change (PDFs carry no
@@ -148,6 +151,71 @@ def learning_curves(history: pd.DataFrame, methods: list[str], out: Path) -> lis
     return save_figure(fig, out, "learning_curves")
 
 
+def classifier_steps(history: pd.DataFrame) -> pd.DataFrame:
+    """The rows with a val error, with ``classifier_step``: the classifier's training
+    steps when it was evaluated, counted across stages.
+
+    A run's ``step`` counts every step of its own stages. Here a stage's own steps
+    start at 0 where the run's previous stage ended; stages without val evaluations
+    (decoder-only training, whose steps leave the classifier as it was) add nothing;
+    and an evaluated stage starts after every evaluated stage that precedes it in any
+    run, each as long as its longest run. So a decoding run's fine-tune starts where
+    the baseline's step 1 (which it copies, and has no rows of) ends, and a method
+    whose one stage trains the classifier throughout starts at 0."""
+    rows = history[history["step"] >= 0]
+    if rows.empty:
+        return rows.assign(classifier_step=pd.Series(dtype=float))
+    run_ids = rows["run_id"].to_numpy()
+    stages = rows["stage"].to_numpy()
+    steps = rows["step"].to_numpy(float)
+    new_run = np.r_[True, run_ids[1:] != run_ids[:-1]]
+    new_stage = new_run | np.r_[True, stages[1:] != stages[:-1]]
+    # the step the row's stage started at: the run's last step before it, 0 first
+    before = np.where(new_run, 0.0, np.r_[0.0, steps[:-1]])
+    start = pd.Series(np.where(new_stage, before, np.nan)).ffill().to_numpy()
+    own = steps - start
+    evaluated = set(rows.loc[rows["top1_val"].notna(), "stage"])
+    length = pd.Series(own).groupby(stages).max()
+    preceding: dict[str, set[str]] = {stage: set() for stage in evaluated}
+    for _, order in rows[rows["stage"].isin(evaluated)].groupby("run_id", sort=False)["stage"]:
+        seen: list[str] = []
+        for stage in dict.fromkeys(order):
+            preceding[stage].update(seen)
+            seen.append(stage)
+    offset = {stage: sum(length[s] for s in preceding[stage]) for stage in evaluated}
+    offsets = pd.Series(stages).map(offset).to_numpy(float)
+    placed = rows.assign(classifier_step=offsets + own)
+    return placed[placed["top1_val"].notna()]
+
+
+def learning_curves_steps(history: pd.DataFrame, methods: list[str], out: Path) -> list[Path]:
+    """One panel per budget, x = the classifier's training steps across stages."""
+    placed = classifier_steps(history)
+    if placed.empty:
+        return []
+    budgets = budget_order(placed)
+    order = [m for m in methods if m in set(placed["method"])]
+    fig, axes = plt.subplots(1, len(budgets), figsize=(5.5 * len(budgets), 3.8), squeeze=False)
+    for ax, budget in zip(axes[0], budgets, strict=True):
+        sns.lineplot(
+            data=placed[placed["labels"] == budget],
+            x="classifier_step",
+            y="top1_val",
+            hue="method",
+            hue_order=order,
+            errorbar=("se", 1.96),  # as learning_curves
+            legend=ax is axes[0][-1],
+            ax=ax,
+        )
+        ax.set(
+            title=f"{budget} labels",
+            xlabel="classifier training steps (all stages)",
+            ylabel="top-1 val error (%)",
+        )
+    fig.tight_layout()
+    return save_figure(fig, out, "learning_curves_steps")
+
+
 def difference_vs_baseline(
     comparisons: pd.DataFrame, methods: list[str], out: Path, metric: str = "top1_val"
 ) -> list[Path]:
@@ -193,4 +261,5 @@ def all_plots(
         + difference_vs_baseline(comparisons, methods, out)
         + seeds(runs, methods, out)
         + learning_curves(history, methods, out)
+        + learning_curves_steps(history, methods, out)
     )
