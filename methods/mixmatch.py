@@ -13,8 +13,14 @@ weights (``harness.ema``; the raw network's val error is ``raw_top1_val``).
 
 Defaults (``mixmatch`` section; google-research/mixmatch, mixmatch.py and the
 paper's runs/*.sh): ``views`` = 2 (K), ``temperature`` = 0.5 (T), ``alpha`` = 0.75
-(α), ``weight`` = 75.0 (λ_u for CIFAR-10), ``ramp`` = 0.016 (λ_u's linear ramp over
-1,048,576 images, 1/64 of the paper's 2^26), ``ema_decay`` = 0.999.
+(α), ``weight`` = 75.0 (λ_u for CIFAR-10), ``ema_decay`` = 0.999; ``ramp`` = 0.4,
+λ_u's linear ramp over the first 40 % of the stage, as the other consistency
+methods here (Oliver et al. 2018). The paper ramps over its first 16,000 steps,
+1/64 of its 2^26 images; that fraction of a CPU-length run (48 of 3,000 steps on
+``mnist_ssl``) gives the full weight to the sharpened guesses of a network that
+has not yet learned its labeled images, and they reinforce themselves: on MNIST
+at 100 labels every val image's top-1 class was the same (90.2% error) for the
+first 800 steps, in the trained network and its EMA alike (measured).
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ class MixMatchSettings:
     temperature: float = 0.5
     alpha: float = 0.75
     weight: float = 75.0
-    ramp: float = 0.016
+    ramp: float = 0.4  # of the stage; the paper's 16,000 steps are 1/64 of its 2^20
     ema_decay: float = 0.999
 
     def __post_init__(self) -> None:

@@ -15,7 +15,13 @@ iteration differentiates a KL divergence between two outputs ξ apart, far below
 bf16's resolution. ε is in the units of the network's input (images standardized by
 the dataset's mean and std), where the paper's are those of its own preprocessing.
 Batch-norm running statistics are updated by the labeled pass only, as in the
-reference code: the unlabeled and perturbed passes leave them as they were.
+reference code: the unlabeled and perturbed passes leave them as they were. The
+clean, probing and perturbed passes of the unlabeled batch draw the same dropout
+masks (the reference code gives them one seed): with masks of their own, the
+difference between p(u) and p(u + ξd) is dropout's, not ξd's, so the power
+iteration would follow dropout noise and the cost would penalise it (on
+``vgg_small_2``, whose fc layers drop half their units, MNIST at 100 labels went
+from 8.6% to 12.2% val error over training that way).
 
 Defaults (``vat`` section, takerum/vat_tf unless said): ``xi`` = 1e-6,
 ``iterations`` = 1 (one power iteration suffices, section 3.3), ``weight`` = 1.0 (α),
@@ -67,17 +73,44 @@ def _kl(p_log: torch.Tensor, q_scores: torch.Tensor) -> torch.Tensor:
     return F.kl_div(F.log_softmax(q_scores, dim=1), p_log, log_target=True, reduction="batchmean")
 
 
+class SameNoise:
+    """The random number generators' state at one point, set again before each of
+    several forward passes so that they draw the same dropout masks (CPU, and the
+    device's generator on CUDA). After the last pass the generators are where one
+    pass would have left them, so a run stays reproducible from its seed."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+    def replay(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state(self.cuda, self.device)
+
+
 def adversarial_direction(
-    network: nn.Module, images: torch.Tensor, p_log: torch.Tensor, xi: float, iterations: int
+    network: nn.Module,
+    images: torch.Tensor,
+    p_log: torch.Tensor,
+    xi: float,
+    iterations: int,
+    noise: SameNoise | None = None,
+    start: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The unit direction (per image) that most increases KL(p ‖ p(· | images + ξ d)),
-    by power iteration from a random Gaussian ``d`` (global RNG: seeded per epoch).
+    by power iteration from ``start`` (default: a Gaussian from the global RNG,
+    seeded per epoch); each probing pass replays ``noise`` (the clean pass's dropout
+    masks) where given.
 
     The gradient at ξ d is about ξ H d (H: the KL's Hessian at 0); for a network that is
     still nearly flat in its input (an untrained one) it can round to exactly 0 in fp32.
     Such an image keeps its previous direction, so every perturbation has norm ε."""
-    d = _unit(torch.randn_like(images))
+    d = _unit(torch.randn_like(images) if start is None else start)
     for _ in range(iterations):
+        if noise is not None:
+            noise.replay()
         probe = (xi * d).requires_grad_(True)
         divergence = _kl(p_log, network(images + probe).float())
         (grad,) = torch.autograd.grad(divergence, probe)
@@ -99,11 +132,18 @@ class VAT(Method):
             return terms
         with full_precision(batch.u[0].device.type), batch_norm_stats_kept(model):
             u = batch.u[0].float()
+            # the power iteration's start drawn first, then one set of dropout masks for
+            # every pass of u: the generators end where the clean pass left them
+            start = torch.randn_like(u)
+            noise = SameNoise(u.device)
             with torch.set_grad_enabled(bool(settings.entropy)):  # else only its p is read
                 scores = model(u).float()
             p_log = F.log_softmax(scores.detach(), dim=1)
-            direction = adversarial_direction(model, u, p_log, settings.xi, settings.iterations)
+            direction = adversarial_direction(
+                model, u, p_log, settings.xi, settings.iterations, noise, start
+            )
             r_adv = settings.epsilon * direction
+            noise.replay()
             terms["vat"] = settings.weight * _kl(p_log, model(u + r_adv).float())
             if settings.entropy:
                 probs = torch.softmax(scores, dim=1)

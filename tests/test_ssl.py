@@ -73,6 +73,19 @@ def real_batch(cfg, dataset, views: tuple[str, ...], labeled: int = 32, unlabele
     return Batch(x=x, y=y, u=u, step=5, total_steps=10)
 
 
+def fitted(model: torch.nn.Module, batch: Batch, steps: int = 30) -> torch.nn.Module:
+    """``model`` after ``steps`` Adam steps on the batch's labeled images: an untrained
+    network's softmax is nearly uniform whatever its input, which leaves nothing for
+    VAT's smoothness cost to measure (its KL is at rounding level, either sign)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(batch.x), batch.y).backward()
+        optimizer.step()
+    optimizer.zero_grad()
+    return model
+
+
 def built(cfg, dataset, name: str):
     torch.manual_seed(0)
     encoder = build_encoder(cfg.model.name, dataset.channels, dataset.num_classes, cfg.data.crop)
@@ -98,6 +111,8 @@ def test_each_methods_loss_terms_are_finite_positive_and_train(name):
     cfg, dataset = digits("pseudo_label.threshold=0.05", "fixmatch.threshold=0.05")
     method, model = built(cfg, dataset, name)
     batch = real_batch(cfg, dataset, method.unlabeled_views)
+    if name == "vat":
+        fitted(model, batch)
     terms = method.loss(model, TRAIN, batch)
     assert set(terms) == EXPECTED_TERMS[name]
     for key, value in terms.items():
@@ -266,6 +281,24 @@ def test_vats_perturbation_has_norm_epsilon_and_is_computed_in_fp32_under_bf16()
 
     noise = torch.randn_like(u)
     assert moved(direction) > 2 * moved(noise / noise.flatten(1).norm(dim=1).view(-1, 1, 1, 1))
+
+
+def test_vats_passes_of_an_image_share_dropout_masks():
+    """With ε near 0 the cost KL(p(u) ‖ p(u + r)) is near 0 only if the clean and
+    perturbed passes drop the same units; two plain passes in train mode differ."""
+    cfg, dataset = digits("vat.epsilon=1e-6")
+    method, model = built(cfg, dataset, "vat")
+    model.train()
+    assert any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+    batch = real_batch(cfg, dataset, method.unlabeled_views)
+    fitted(model, batch)
+    u = batch.u[0]
+    with torch.no_grad():
+        first, second = torch.log_softmax(model(u), 1), torch.log_softmax(model(u), 1)
+    apart = torch.nn.functional.kl_div(second, first, log_target=True, reduction="batchmean")
+    assert float(apart) > 1e-3  # dropout is on: separate masks move the output
+    terms = method.loss(model, TRAIN, batch)
+    assert 0 <= float(terms["vat"]) < 1e-6
 
 
 # -------------------------------------------------------------- the strong view
