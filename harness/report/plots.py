@@ -157,11 +157,11 @@ def classifier_steps(history: pd.DataFrame) -> pd.DataFrame:
 
     A run's ``step`` counts every step of its own stages. Here a stage's own steps
     start at 0 where the run's previous stage ended; stages without val evaluations
-    (decoder-only training, whose steps leave the classifier as it was) add nothing;
-    and an evaluated stage starts after every evaluated stage that precedes it in any
-    run, each as long as its longest run. So a decoding run's fine-tune starts where
-    the baseline's step 1 (which it copies, and has no rows of) ends, and a method
-    whose one stage trains the classifier throughout starts at 0."""
+    (training of parts other than the classifier, which leave it as it was) add
+    nothing; and an evaluated stage starts after every evaluated stage that precedes
+    it in any run, each as long as its longest run. So the fine-tune of a method that
+    copies the baseline's step 1 (and has no rows of it) starts where that step 1
+    ends, and a method whose one stage trains the classifier throughout starts at 0."""
     rows = history[history["step"] >= 0]
     if rows.empty:
         return rows.assign(classifier_step=pd.Series(dtype=float))
