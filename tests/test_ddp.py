@@ -216,30 +216,44 @@ def test_two_processes_give_the_one_process_metrics_within_tolerance(tmp_path):
     one = run_cli(*RUN, f"results={tmp_path / 'one'}")
     assert one.returncode == 0, one.stderr
     torchrun = Path(sys.executable).parent / "torchrun"
-    two = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "harness.run", *RUN]
-        + [f"results={tmp_path / 'two'}"],
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,  # not a pytest-xdist worker's stdin (its channel to pytest)
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+
+    def run_two(results: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "harness.run", *RUN]
+            + [f"results={results}"],
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,  # not a pytest-xdist worker's stdin (its channel)
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    two_root = tmp_path / "two"
+    two = run_two(two_root)
+    if two.returncode != 0 and "terminate called without an active exception" in two.stderr:
+        # Once in a full CI run (2026-12-05; the other xdist worker busy), a rank
+        # aborted inside torch's C++ (std::terminate on a joinable thread, exit -6) 21 s
+        # in, with no Python error; the same command then passed 4 times of 4 beside
+        # two training processes, and the whole file 7 of 7 alone. That abort alone
+        # gets one fresh try (in a new results root); any other failure fails here.
+        print(f"torchrun aborted in torch's C++, trying once more:\n{two.stderr[-2000:]}")
+        two_root = tmp_path / "two-again"
+        two = run_two(two_root)
     assert two.returncode == 0, two.stderr
     assert two.stdout.count("| baseline |") == 1  # rank 0 alone reports
-    single, double = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    single, double = _metrics(tmp_path / "one"), _metrics(two_root)
     assert single.keys() == double.keys() and len(single) == 2  # the same run ids
     for run_id, metrics in single.items():
         assert abs(metrics["top1_val"] - double[run_id]["top1_val"]) <= TOP1_TOLERANCE
         assert metrics["split_hash"] == double[run_id]["split_hash"]
         a = np.load(tmp_path / "one" / "digits" / run_id / "predictions.npz")
-        b = np.load(tmp_path / "two" / "digits" / run_id / "predictions.npz")
+        b = np.load(two_root / "digits" / run_id / "predictions.npz")
         assert b["val_topk"].shape == a["val_topk"].shape == (449, 5)  # each image once
         agree = np.mean(a["val_topk"][:, 0] == b["val_topk"][:, 0])
         print(f"{run_id}: top-1 val {metrics['top1_val']:.2f} vs {double[run_id]['top1_val']:.2f}"
               f", same top-1 class on {agree:.3f} of val")  # fmt: skip
         assert agree >= AGREEMENT
-    history = (tmp_path / "two" / "digits").glob("*/history.csv")
+    history = (two_root / "digits").glob("*/history.csv")
     assert all(len(h.read_text().splitlines()) > 1 for h in history)
 
 
