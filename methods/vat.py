@@ -33,6 +33,7 @@ in [0, 1], which on MNIST's standardized pixels (std 0.31) is about 1.0.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,7 @@ from torch import nn
 
 from harness.config import check_positive, check_weight, register_settings
 from harness.method import Batch, Method, Stage, full_precision, register_method
+from harness.seeding import rng_state, set_rng_state
 from methods._common import batch_norm_stats_kept, labeled_cost
 
 
@@ -73,36 +75,20 @@ def _kl(p_log: torch.Tensor, q_scores: torch.Tensor) -> torch.Tensor:
     return F.kl_div(F.log_softmax(q_scores, dim=1), p_log, log_target=True, reduction="batchmean")
 
 
-class SameNoise:
-    """The random number generators' state at one point, set again before each of
-    several forward passes so that they draw the same dropout masks (CPU, and the
-    device's generator on CUDA). After the last pass the generators are where one
-    pass would have left them, so a run stays reproducible from its seed."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.cpu = torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-
-    def replay(self) -> None:
-        torch.set_rng_state(self.cpu)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state(self.cuda, self.device)
-
-
 def adversarial_direction(
     network: nn.Module,
     images: torch.Tensor,
     p_log: torch.Tensor,
     xi: float,
     iterations: int,
-    noise: SameNoise | None = None,
+    noise: dict[str, Any] | None = None,
     start: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The unit direction (per image) that most increases KL(p ‖ p(· | images + ξ d)),
     by power iteration from ``start`` (default: a Gaussian from the global RNG,
-    seeded per epoch); each probing pass replays ``noise`` (the clean pass's dropout
-    masks) where given.
+    seeded per epoch); before each probing pass the generators are set back to
+    ``noise`` (``harness.seeding.rng_state`` taken before the clean pass, so the
+    same dropout masks) where given.
 
     The gradient at ξ d is about ξ H d (H: the KL's Hessian at 0); for a network that is
     still nearly flat in its input (an untrained one) it can round to exactly 0 in fp32.
@@ -110,7 +96,7 @@ def adversarial_direction(
     d = _unit(torch.randn_like(images) if start is None else start)
     for _ in range(iterations):
         if noise is not None:
-            noise.replay()
+            set_rng_state(noise)
         probe = (xi * d).requires_grad_(True)
         divergence = _kl(p_log, network(images + probe).float())
         (grad,) = torch.autograd.grad(divergence, probe)
@@ -135,7 +121,7 @@ class VAT(Method):
             # the power iteration's start drawn first, then one set of dropout masks for
             # every pass of u: the generators end where the clean pass left them
             start = torch.randn_like(u)
-            noise = SameNoise(u.device)
+            noise = rng_state(cuda=u.is_cuda)
             with torch.set_grad_enabled(bool(settings.entropy)):  # else only its p is read
                 scores = model(u).float()
             p_log = F.log_softmax(scores.detach(), dim=1)
@@ -143,7 +129,7 @@ class VAT(Method):
                 model, u, p_log, settings.xi, settings.iterations, noise, start
             )
             r_adv = settings.epsilon * direction
-            noise.replay()
+            set_rng_state(noise)
             terms["vat"] = settings.weight * _kl(p_log, model(u + r_adv).float())
             if settings.entropy:
                 probs = torch.softmax(scores, dim=1)
