@@ -144,6 +144,9 @@ def test_a_run_id_holds_only_what_the_methods_training_reads(tmp_path):
     assert _ids("labels=[1.0]") == _ids("labels=[1.0]", "optim.unlabeled_batch_size=32")
     # threads change CPU numbers, so they enter CPU runs' ids
     assert not set(_ids("threads=2").values()) & set(first.values())
+    # so does flushing subnormals, where it is on; off is every earlier id
+    assert _ids("flush_denormal=false") == first
+    assert not set(_ids("flush_denormal=true").values()) & set(first.values())
     # a pretrained file enters by its content: another path to the same bytes is the same run
     cfg = load_config([])
     encoder = build_encoder(cfg.model.name, 1, 10, cfg.data.crop)
@@ -158,6 +161,25 @@ def test_a_run_id_holds_only_what_the_methods_training_reads(tmp_path):
     assert from_one == _ids(f"model.pretrained={two}")
     assert not set(from_one.values()) & set(_ids(f"model.pretrained={changed}").values())
     assert not set(from_one.values()) & set(first.values())
+
+
+def test_flush_denormal_sets_the_cpu_math_of_each_run_both_ways():
+    """A run sets flushing on or off, so a run in the same process as an earlier one
+    (``launcher=inprocess``) never inherits its mode."""
+    import torch
+
+    from harness.engine.lifecycle import configure_cpu_math
+
+    smallest = torch.tensor([1], dtype=torch.int32).view(torch.float32)  # 1.4e-45, no math
+    threads = torch.get_num_threads()
+    try:
+        if not configure_cpu_math(1, True):
+            pytest.skip("this CPU cannot flush subnormal floats")
+        assert (smallest * 2).item() == 0.0
+        assert configure_cpu_math(1, False) is False
+        assert (smallest * 2).item() == 2 * smallest.item() > 0
+    finally:
+        configure_cpu_math(threads, False)
 
 
 @needs_fashion_mnist

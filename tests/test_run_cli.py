@@ -124,6 +124,7 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
         assert len(attempts) == 2 and attempts[0]["pid"] != attempts[1]["pid"]
         for key in ("host", "torch", "threads", "world_size", "device", "started"):
             assert attempts[1][key] is not None, key
+        assert attempts[1]["flush_denormal"] is False  # off unless asked for
         # the tests run from the repo's own checkout
         assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", attempts[1]["git_commit"]), attempts[1]
         total = json.loads((killed / "digits" / run_id / "metrics.json").read_text())["seconds"]

@@ -5,8 +5,9 @@ the method sections it declares, the unlabeled batch size only where a stage
 draws from the pool. The dataset enters by its content fingerprint, not its
 path, so a moved dataset keeps every result; a ``model.pretrained`` file by the
 hash of its bytes. The thread count enters CPU runs, whose results depend on
-it; on CUDA bf16 autocast does. Launcher, resources, report, logger and
-evaluation batch size never do (DESIGN, "Run").
+it, and so does ``flush_denormal`` where it is on; on CUDA bf16 autocast does.
+Launcher, resources, report, logger and evaluation batch size never do (DESIGN,
+"Run").
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ EXECUTION_KEYS = (
     "seeds",
     "device",
     "threads",  # added back for CPU runs, where it changes the numbers
+    "flush_denormal",  # added back for CPU runs where it is on
     "launcher",
     "parallel",
     "wait",
@@ -92,6 +94,8 @@ def run_relevant(
     plain["amp"] = cuda and precision == "bf16"
     if not cuda:
         plain["threads"] = cfg.threads
+        if cfg.flush_denormal:  # off is the default every earlier id was taken with
+            plain["flush_denormal"] = True
     return plain
 
 

@@ -163,6 +163,11 @@ class SuiteConfig:
     # torch intra-op threads. CPU results depend on the thread count, so it is the same
     # under every launcher (not the machine's core count) and part of a CPU run's id
     threads: int = DEFAULT_THREADS
+    # flush subnormal floats to zero in CPU math (torch.set_flush_denormal): long CPU
+    # runs stay at full speed once weight decay drives weights below 1.2e-38, where
+    # x86 multiplies by microcode assist; changes CPU numbers bit-wise, so a CPU
+    # run's id holds it when on (off keeps every earlier id and number)
+    flush_denormal: bool = False
     launcher: str = "inprocess"  # inprocess | local_parallel | slurm
     parallel: int = 2  # launcher=local_parallel: runs at once
     wait: bool = False  # launcher=slurm: wait for the jobs (progress bar), then print the table

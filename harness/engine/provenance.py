@@ -16,8 +16,9 @@ import torch
 from harness.engine import distributed
 
 
-def provenance(device: torch.device, place: distributed.World) -> dict:
-    """Where and with what one attempt ran (``config.yaml``'s ``attempts``)."""
+def provenance(device: torch.device, place: distributed.World, flushing: bool = False) -> dict:
+    """Where and with what one attempt ran (``config.yaml``'s ``attempts``);
+    ``flushing``: whether the CPU flushed subnormal floats (``flush_denormal``)."""
     cuda = device.type == "cuda"
     return {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -31,6 +32,7 @@ def provenance(device: torch.device, place: distributed.World) -> dict:
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
         "threads": torch.get_num_threads(),
+        "flush_denormal": flushing,
         "world_size": place.size,
         "slurm_job": os.environ.get("SLURM_JOB_ID") or None,
     }
