@@ -30,12 +30,24 @@ def provenance(device: torch.device, place: distributed.World, flushing: bool = 
         "torch": str(torch.__version__),
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name(device) if cuda else _cpu_model(),
         "threads": torch.get_num_threads(),
         "flush_denormal": flushing,
         "world_size": place.size,
         "slurm_job": os.environ.get("SLURM_JOB_ID") or None,
     }
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (``platform.processor()`` is empty on Linux): step times,
+    and what subnormal floats cost, differ by CPU, so a run's time is read against it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
 
 
 def _harness_version() -> str:
