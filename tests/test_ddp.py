@@ -39,11 +39,11 @@ RUN = [
     "progress=false",
     "report.plots=false",
 ]
-TOP1_TOLERANCE = 1.5  # top-1 val error points, 2 processes vs 1 (7 of 449 images)
+TOP1_TOLERANCE = 2.5  # top-1 val error points, 2 processes vs 1 (11 of 449 images)
 # The two runs' float sums differ in order from the first step; Adam and 13 epochs
 # carry that into a slightly different model: trained to convergence (20 epochs), the two
-# differ by 0.0-0.2 points (measured on an AVX2 CPU; at 8 epochs, still at 40-47% error,
-# by up to 7 points there).
+# differ by 0.0-0.2 points on an AVX2 CPU and by 1.78 (8 images) on an AVX512 Xeon with
+# AMX (at 8 epochs, still at 40-47% error, by up to 7 points on the AVX2 CPU).
 AGREEMENT = 0.9
 
 

@@ -298,7 +298,8 @@ def test_vats_passes_of_an_image_share_dropout_masks():
     apart = torch.nn.functional.kl_div(second, first, log_target=True, reduction="batchmean")
     assert float(apart) > 1e-3  # dropout is on: separate masks move the output
     terms = method.loss(model, TRAIN, batch)
-    assert 0 <= float(terms["vat"].detach()) < 1e-6
+    # near 0 either side: a float32 KL of two equal distributions rounds to about ±1e-8
+    assert abs(float(terms["vat"].detach())) < 1e-6
 
 
 # -------------------------------------------------------------- the strong view

@@ -165,8 +165,8 @@ class SuiteConfig:
     threads: int = DEFAULT_THREADS
     # flush subnormal floats to zero in CPU math (torch.set_flush_denormal): long CPU
     # runs stay at full speed once weight decay drives weights below 1.2e-38, where
-    # x86 multiplies by microcode assist; changes CPU numbers bit-wise, so a CPU
-    # run's id holds it when on (off keeps every earlier id and number)
+    # x86 multiplies by microcode assist; changes a run's numbers once subnormals
+    # appear, so a CPU run's id holds it when on (off keeps every earlier id and number)
     flush_denormal: bool = False
     launcher: str = "inprocess"  # inprocess | local_parallel | slurm
     parallel: int = 2  # launcher=local_parallel: runs at once

@@ -125,9 +125,11 @@ def configure_cpu_math(threads: int, flush_denormal: bool) -> bool:
     where x86 CPUs multiply by microcode assist, many times slower. A Fashion-MNIST
     Mean Teacher run with 18% of a classifier layer's weights subnormal took 150 to
     166 s an epoch where a seed beside it took 53 (``benchmarks/bench_denormals.py``
-    times such weights). Why not by default: a flushed value differs in the last bits, training
-    amplifies that, and every CPU number pinned before would change. CPU only: CUDA
-    math is untouched.
+    times such weights). Why not by default: once subnormals appear, a flushed run's
+    numbers part from an unflushed one's (a Fashion-MNIST baseline's val error was the
+    same to step 1,500 both ways and differed from step 2,000, where the unflushed
+    run's epochs began to slow from 9 s to 89 s), and earlier CPU results must stay
+    reproducible. CPU only: CUDA math is untouched.
     """
     torch.set_num_threads(threads)
     return torch.set_flush_denormal(flush_denormal) and flush_denormal
