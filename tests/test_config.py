@@ -147,6 +147,7 @@ def test_a_run_id_holds_only_what_the_methods_training_reads(tmp_path):
     # so does flushing subnormals, where it is on; off is every earlier id
     assert _ids("flush_denormal=false") == first
     assert not set(_ids("flush_denormal=true").values()) & set(first.values())
+    assert _ids("device=cuda", "flush_denormal=true") == _ids("device=cuda")  # CPU math only
     # a pretrained file enters by its content: another path to the same bytes is the same run
     cfg = load_config([])
     encoder = build_encoder(cfg.model.name, 1, 10, cfg.data.crop)

@@ -149,6 +149,8 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
         (["suite=image_folder"], "dataset image_folder needs data.path"),
         (["labels=[nan]"], "label budget nan must be a count (int) or a fraction"),
         (["labels=[100,100]"], "labels lists a budget twice"),
+        (["flush_denormal=maybe"], "bad value for key 'flush_denormal'"),
+        (["flush_denormal=true", "threads=2"], "flush_denormal=true needs threads=1"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, argv, message):

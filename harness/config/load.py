@@ -234,6 +234,13 @@ def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
 
 def _check_values(cfg: DictConfig) -> None:
     """Range and choice checks OmegaConf's types cannot express."""
+    if cfg.flush_denormal and cfg.threads != 1:
+        # the flush is a per-thread CPU flag: torch's worker threads, some made before a
+        # run sets it, would not all flush, and the numbers would depend on the launcher
+        raise UsageError(
+            f"flush_denormal=true needs threads=1, got threads={cfg.threads} "
+            "(the flush is per thread); valid: threads=1, or flush_denormal=false"
+        )
     _choice("device", cfg.device, ("cpu", "cuda", "auto"))
     _choice("optim.name", cfg.optim.name, ("sgd", "adam"))
     _choice("optim.lr_schedule", cfg.optim.lr_schedule, LR_SCHEDULES)

@@ -118,7 +118,8 @@ def configure_cpu_math(threads: int, flush_denormal: bool) -> bool:
     """Set this process's CPU math for one run: ``threads`` intra-op threads, and
     subnormal floats flushed to zero or not. Both are set on every run, so runs that
     share a process (``launcher=inprocess``) never inherit each other's. Returns
-    whether the CPU flushes them now.
+    whether the CPU flushes them now. The flush is a flag of the calling thread only,
+    so ``flush_denormal`` asks for ``threads=1`` (``harness.config``).
 
     Why flush: weights that weight decay drives toward zero, and Adam's moments of
     near-zero gradients, pass through the subnormal range (below 1.2e-38 in fp32),
@@ -142,7 +143,13 @@ def _train_run(
     device: torch.device,
     place: distributed.World,
 ) -> dict[str, Any]:
-    flushing = configure_cpu_math(cfg.threads, cfg.flush_denormal)
+    cpu = device.type == "cpu"
+    flushing = configure_cpu_math(cfg.threads, cfg.flush_denormal and cpu)
+    if cfg.flush_denormal and cpu and not flushing:
+        raise UsageError(
+            "flush_denormal=true, but this CPU cannot flush subnormal floats "
+            "(torch.set_flush_denormal returned False); valid here: flush_denormal=false"
+        )
     method = get_method(spec.method)(cfg)
     batch_sizes = {
         "optim.batch_size": cfg.optim.batch_size,

@@ -16,7 +16,7 @@ import torch
 from harness.engine import distributed
 
 
-def provenance(device: torch.device, place: distributed.World, flushing: bool = False) -> dict:
+def provenance(device: torch.device, place: distributed.World, flushing: bool) -> dict:
     """Where and with what one attempt ran (``config.yaml``'s ``attempts``);
     ``flushing``: whether the CPU flushed subnormal floats (``flush_denormal``)."""
     cuda = device.type == "cuda"
