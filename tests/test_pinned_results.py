@@ -6,9 +6,10 @@ Fashion-MNIST reference suite, and the ``metrics.json`` of a digits baseline run
 (the default's first run, 20 + 4 epochs instead of 100 + 20: the full one takes
 two minutes; its pinned numbers, ``digits_default_full``, were checked equal when
 the engine was redesigned; pinned per CPU instruction set (with "+AMX" where the CPU
-has AMX tiles), whose kernels round differently: bit-identical where this one's is pinned, within 5 points elsewhere)
-and of a short digits ``swwae_first`` run (with the baseline it starts from), at one
-thread, pinned the same way (it replaced a 4-minute Fashion-MNIST run on 2026-12-02).
+has AMX tiles), whose kernels round differently: bit-identical where this one's is
+pinned, within 5 points elsewhere) and of a short digits ``swwae_first`` run (with
+the baseline it starts from), at one thread, pinned the same way (it replaced a
+4-minute Fashion-MNIST run on 2026-12-02).
 A refactor that changes a run id orphans every stored result of that run; one that
 changes a number changes the science.
 """
