@@ -35,14 +35,14 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench_ssl_step import context  # noqa: E402  (the trainer's Context, no split)
+
 from harness.config import load_config  # noqa: E402
 from harness.data import load_dataset  # noqa: E402
 from harness.data.datasets import MNIST_DEFAULT  # noqa: E402
-from harness.engine.context import Context  # noqa: E402
 from harness.engine.lifecycle import configure_cpu_math  # noqa: E402
 from harness.method import Batch, get_method  # noqa: E402
 from harness.models import build_encoder  # noqa: E402
-from harness.plan import RunSpec  # noqa: E402
 from harness.seeding import torch_generator  # noqa: E402
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -109,11 +109,9 @@ def main() -> None:
     model = method.build_model(encoder, dataset)
     model.train()
     stage = method.stages()[0]
-    spec = RunSpec(cfg.suite, "bench", "100", 0, 0, "bench")
-    mean, std = torch.tensor(dataset.mean), torch.tensor(dataset.std)
-    ctx = Context(cfg, spec, dataset, None, torch.device("cpu"), mean, std)  # type: ignore[arg-type]
     n = cfg.optim.batch_size
-    x = ctx.prepare(dataset.train.images[:n], torch_generator("bench", 0), n, method.labeled_view)
+    images, generator = dataset.train.images[:n], torch_generator("bench", 0)
+    x = context(cfg, dataset).prepare(images, generator, n, method.labeled_view)
     batch = Batch(x=x, y=torch.from_numpy(dataset.train.targets[:n]))
 
     fresh = {name: t.clone() for name, t in model.state_dict().items()}
