@@ -25,7 +25,7 @@ Optional hooks let the classic SSL methods plug in without touching the trainer:
   (``harness.config.register_settings``; they enter its run ids and no other
   method's);
 - ``labeled_view`` and ``unlabeled_views``: the augmentation of the labeled batch
-  and of each view of an unlabeled image (``harness.data.AUGMENTATIONS``: ``weak``
+  and of each view of an unlabeled image (``harness.config.AUGMENTATIONS``: ``weak``
   is the suite's crop and flip, ``strong`` adds RandAugment and Cutout), drawn from
   the run's seeded generator: FixMatch's weak/strong pair, MixMatch's K weak views;
 - ``Batch.step`` / ``Batch.total_steps`` (and ``Batch.progress``): where the step
@@ -125,7 +125,7 @@ class Method:
 
     name: ClassVar[str] = ""
     # the augmentation of the labeled batch, and of each view of an unlabeled image
-    # (harness.data.AUGMENTATIONS); a method whose settings choose them sets them in __init__
+    # (harness.config.AUGMENTATIONS); a method whose settings choose them sets them in __init__
     labeled_view: str = "weak"
     unlabeled_views: tuple[str, ...] = ("weak",)
     # "bf16": the trainer autocasts the loss on CUDA; "fp32": never (PRECISIONS)
