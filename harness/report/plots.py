@@ -244,7 +244,8 @@ def difference_vs_baseline(
     title = dict(ERROR_COLUMNS)[metric]
     ax.set(xlabel="labels", ylabel=f"{title} error − baseline's (points)")
     ax.set_title("Difference to the baseline (mean over seeds, 95% CI)")
-    ax.legend(fontsize="small")
+    # beside the axes: inside, a legend of many methods hides some of their bars
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return save_figure(fig, out, "difference_vs_baseline")
 
 
