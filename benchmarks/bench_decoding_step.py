@@ -105,13 +105,23 @@ def step_flops(model, method, stage, batch, amp: bool) -> int:
     return counter.get_total_flops()
 
 
-def timed_steps(setup_tuple, steps: int, amp: bool) -> float:
+def timed_steps(setup_tuple, steps: int, amp: bool, loss_module=None, batches=None) -> float:
+    """Seconds per trainer step over ``steps`` steps of ``batches`` (default: the setup's
+    batch again and again), through ``loss_module`` where given (a compiled step)."""
     model, method, stage, optimizer, scheduler, batch = setup_tuple
     sync = torch.cuda.synchronize if batch.y.is_cuda else (lambda: None)
     sync()
     tic = time.perf_counter()
     train_one_epoch(
-        model, method, stage, optimizer, scheduler, [batch] * steps, amp=amp, grad_clip=0.0
+        model,
+        method,
+        stage,
+        optimizer,
+        scheduler,
+        [batch] * steps if batches is None else batches,
+        amp=amp,
+        grad_clip=0.0,
+        loss_module=loss_module,
     )
     sync()
     return (time.perf_counter() - tic) / steps

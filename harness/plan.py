@@ -18,7 +18,7 @@ from functools import lru_cache
 from omegaconf import DictConfig
 
 from harness.config import config_for, file_digest, run_relevant
-from harness.data import budget_key, load_dataset
+from harness.data import Dataset, budget_key, load_dataset
 from harness.data.splits import every_image_labeled, is_list_budget
 from harness.errors import UsageError
 from harness.method import available_methods, can_train, get_method
@@ -140,17 +140,17 @@ def _run_spec(
     seed: int,
     known: dict[str, RunSpec],
     methods: dict,
-    fingerprint: str,
+    dataset: Dataset,
 ) -> RunSpec:
     """The run of method ``name``; the runs it starts from are added to ``known``."""
-    all_labeled = every_image_labeled(labels)
-    info = _method_info(cfg, name, all_labeled, methods, fingerprint)
+    all_labeled = every_image_labeled(labels, dataset.pool_only)
+    info = _method_info(cfg, name, all_labeled, methods, dataset.fingerprint)
     reuses = []
     pretrained = config_for(cfg, name).model.pretrained
     for stage in info.stages:
         if stage.starts_from is None or (stage.initializes and pretrained):
             continue
-        source = _run_spec(cfg, stage.starts_from, labels, seed, known, methods, fingerprint)
+        source = _run_spec(cfg, stage.starts_from, labels, seed, known, methods, dataset)
         source_stages = methods[(source.method, all_labeled)].stages
         if stage.name not in [s.name for s in source_stages]:
             raise ValueError(
@@ -184,9 +184,9 @@ def make_plan(cfg: DictConfig) -> list[RunSpec]:
         raise UsageError(f"labels lists a budget twice: {budgets}")
     known: dict[str, RunSpec] = {}
     methods: dict = {}
-    fingerprint = load_dataset(cfg.data).fingerprint
+    dataset = load_dataset(cfg.data)
     asked = [
-        _run_spec(cfg, name, labels, seed, known, methods, fingerprint)
+        _run_spec(cfg, name, labels, seed, known, methods, dataset)
         for name in resolve_methods(cfg)
         for labels in budgets
         for seed in cfg.seeds

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ from harness.cli import run_command
 from harness.config import config_for, load_config, suite_command
 from harness.data import load_dataset, load_or_store_split
 from harness.engine.checkpoint import load_weights
+from harness.engine.cost import StageCost, plan_costs
 from harness.engine.distributed import is_main_process
 from harness.errors import UsageError
 from harness.launch import LAUNCHERS, prepare, tally
@@ -40,7 +42,10 @@ def validate(argv: list[str]) -> tuple[DictConfig, list[RunSpec]]:
     """The config and plan for ``argv``; raises UsageError, writes nothing."""
     cfg = load_config(argv)
     prepare(cfg)
-    if cfg.device == "cuda" and cfg.launcher != "slurm" and not torch.cuda.is_available():
+    # a dry run plans a GPU suite from a machine without one (a cluster's login node):
+    # its run ids and costs do not depend on the device being here
+    here = cfg.launcher != "slurm" and not cfg.dry_run
+    if cfg.device == "cuda" and here and not torch.cuda.is_available():
         raise UsageError("device=cuda but torch sees no CUDA device; valid here: cpu, auto")
     results = Path(cfg.results)
     if results.exists() and not results.is_dir():
@@ -80,15 +85,29 @@ def check_writable(results: Path) -> None:
     while not existing.exists():
         existing = existing.parent
     why = "is not a folder" if not existing.is_dir() else "is not writable"
-    if why == "is not a folder" or not os.access(existing, os.W_OK | os.X_OK):
+    if why == "is not a folder" or not _takes_folders(existing):
         raise UsageError(
             f"results={str(results)!r} cannot be written ({existing} {why}): "
             "run records and their locks go there; give a writable results=FOLDER"
         )
 
 
+def _takes_folders(folder: Path) -> bool:
+    """Whether a folder can be made in ``folder``: tried, then removed (permission bits
+    do not say it: root passes ``os.access`` on /proc, where nothing can be made)."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".harness-probe-", dir=folder))
+    except OSError:
+        return False
+    return True
+
+
 def print_plan(cfg: DictConfig, plan: list[RunSpec]) -> None:
-    """``dry_run=true``: one row per planned run and where it stands; reads only."""
+    """``dry_run=true``: one row per planned run, where it stands and what it will read
+    and compute; then each stage's share and the plan's total; reads only."""
+    costs = plan_costs(cfg, plan, load_dataset(cfg.data))
     rows = []
     for spec in plan:
         record = run_record(cfg.results, spec.suite, spec.run_id)
@@ -103,15 +122,65 @@ def print_plan(cfg: DictConfig, plan: list[RunSpec]) -> None:
         else:
             state = "to run"
         waits = ", ".join(spec.depends_on) or "-"
-        rows.append([spec.run_id, spec.method, spec.labels, spec.train_seed, waits, state])
+        stages = costs[spec.run_id]
+        images, flops = sum(s.images for s in stages), sum(s.flops for s in stages)
+        rows.append(
+            [spec.run_id, spec.method, spec.labels, spec.train_seed, waits, state]
+            + [f"{images:,}", tera(flops)]
+        )
     headers = ["run id", "method", "labels", "seed", "waits for", "state"]
-    print(tabulate(rows, headers=headers, tablefmt="github"))
+    print(tabulate(rows, headers=[*headers, "images read", "TFLOPs"], tablefmt="github"))
+    print()
+    print(stage_table(plan, costs))
     counts = {
-        state: sum(row[-1] == state for row in rows)
-        for state in dict.fromkeys(row[-1] for row in rows)
+        state: sum(row[5] == state for row in rows)
+        for state in dict.fromkeys(row[5] for row in rows)
     }
+    print(total_line(plan, costs, {row[0] for row in rows if row[5] != "done"}))
     summary = ", ".join(f"{n} {state}" for state, n in counts.items())
     print(f"suite {cfg.suite}: {len(plan)} runs planned ({summary}); dry run: nothing written")
+
+
+def tera(flops: float) -> str:
+    """FLOPs as TFLOPs, to three significant digits (whole numbers from 100 on)."""
+    value = flops / 1e12
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def stage_table(plan: list[RunSpec], costs: dict[str, list[StageCost]]) -> str:
+    """Each stage's images and FLOPs, one row per method, budget and stage (the seeds of
+    one budget read as many images and take as many FLOPs)."""
+    rows: dict[tuple, int] = {}
+    for spec in plan:
+        for cost in costs[spec.run_id]:
+            if cost.epochs:
+                key = (spec.method, spec.labels, cost.stage, cost.epochs, cost.steps)
+                key += (cost.labeled, cost.unlabeled, cost.flops)
+                rows[key] = rows.get(key, 0) + 1
+    table = [
+        [method, labels, stage, runs, f"{epochs} x {steps}", f"{labeled:,}", f"{unlabeled:,}"]
+        + [tera(flops)]
+        for (method, labels, stage, epochs, steps, labeled, unlabeled, flops), runs in rows.items()
+    ]
+    headers = ["method", "labels", "stage", "runs", "epochs x steps", "labeled read"]
+    headers += ["unlabeled read", "TFLOPs per run"]
+    return tabulate(table, headers=headers, tablefmt="github")
+
+
+def total_line(plan: list[RunSpec], costs: dict[str, list[StageCost]], to_run: set[str]) -> str:
+    """The plan's images and training FLOPs in all, and those of the runs not done."""
+
+    def total(ids: list[str]) -> str:
+        stages = [cost for run_id in ids for cost in costs[run_id]]
+        images = sum(cost.images for cost in stages)
+        return f"{images:,} images read, {tera(sum(cost.flops for cost in stages))} TFLOPs"
+
+    ids = [spec.run_id for spec in plan]
+    left = [run_id for run_id in ids if run_id in to_run]
+    return (
+        f"\ntraining in all: {total(ids)} (forward + backward, FlopCounterMode); "
+        f"not done: {total(left)}"
+    )
 
 
 def check_pretrained(path: str, encoder: torch.nn.Module) -> None:

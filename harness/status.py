@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -44,6 +45,7 @@ from harness.launch.slurm import (
 )
 from harness.lock import holder_text, is_held, read_holder
 from harness.plan import RunSpec, make_plan
+from harness.report.published import cells_without_runs
 from harness.store import RunRecord, run_record
 
 STATES = ("planned", "queued", "running", "incomplete", "failed", "done")
@@ -203,8 +205,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     cfg = load_config(argv)
-    print(render(run_states(cfg, make_plan(cfg))))
+    states = run_states(cfg, make_plan(cfg))
+    print(render(states))
+    gaps = published_gaps(cfg, states)
+    if gaps:
+        print("\npublished cells with no done run yet:")
+        print("\n".join(f"  {line}" for line in gaps))
     return 0
+
+
+def published_gaps(cfg: DictConfig, states: list[RunState]) -> list[str]:
+    """The suite's published cells (``published:``) that no done run of this plan
+    answers yet."""
+    planned = Counter((s.spec.method, s.spec.labels) for s in states)
+    done = Counter((s.spec.method, s.spec.labels) for s in states if s.state == "done")
+    return cells_without_runs(cfg.published, planned, done)
 
 
 if __name__ == "__main__":

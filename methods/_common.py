@@ -36,16 +36,24 @@ def batch_norm_stats_kept(network: nn.Module) -> Iterator[None]:
     """Forward passes inside leave every batch norm's running statistics as they were
     (the batch's own statistics still normalize it): VAT's reference code updates them
     on the labeled pass only, never on the unlabeled or perturbed ones, whose inputs
-    (ξ and ε off the data) are not the distribution evaluation sees."""
-    norms = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [{k: b.clone() for k, b in m.named_buffers(recurse=False)} for m in norms]
+    (ξ and ε off the data) are not the distribution evaluation sees.
+
+    The norms stop tracking for the while (a training-mode pass then reads no running
+    statistics and writes none) rather than having their buffers copied back after:
+    autograd keeps the buffers of a pass whose backward is still to come (the labeled
+    one), and a copy into them would fail that backward as an in-place change."""
+    norms = [
+        m
+        for m in network.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
     try:
+        for module in norms:
+            module.track_running_stats = False
         yield
     finally:
-        with torch.no_grad():
-            for module, buffers in zip(norms, saved, strict=True):
-                for name, value in buffers.items():
-                    getattr(module, name).copy_(value)
+        for module in norms:
+            module.track_running_stats = True
 
 
 def softmax_mse(scores: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:

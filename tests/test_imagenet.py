@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -299,3 +300,50 @@ def test_a_run_reading_a_beton_ends_cleanly_with_more_workers_than_cores(folder,
     )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr and "Error" not in result.stderr, result.stderr
+
+
+def test_imagenet_full_reports_the_posters_table_and_claims_beside_ours(folder, betons, tmp_path):
+    """A short real run of imagenet_full's code path (its stages, every image labeled,
+    both evaluations) on generated JPEGs: published.md sets ours beside each of the
+    poster's cells, and summary.md checks the poster's claims on the pairs it ran."""
+    small = [a for a in SMALL if not a.startswith(("schedule.", "seeds="))]
+    result = run_cli(
+        "suite=imagenet_full",
+        "methods=[baseline,swwae_all]",
+        "seeds=[0,1]",
+        f"data.path={folder}",
+        f"data.beton={betons}",
+        *small,
+        "schedule.pretrain={epochs: 2, steps: 4, lr: 0.002}",
+        "schedule.decoder_layerwise={epochs: 1, steps: 2, lr: 0.001}",
+        "schedule.decoder_topdown={epochs: 1, steps: 2, lr: 0.001}",
+        "schedule.finetune={epochs: 1, steps: 3, lr: 0.001}",
+        f"results={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr
+    report = tmp_path / "imagenet_full" / "report"
+    published = pd.read_csv(report / "published.csv")
+    assert len(published) == 42 and set(published["published_seeds"]) == {1}
+    ours = published[published["method"].isin(["baseline", "swwae_all"])]
+    assert len(ours) == 12 and ours["ours_seeds"].eq(2).all() and ours["ours_mean"].notna().all()
+    assert published[~published.index.isin(ours.index)]["ours_mean"].isna().all()
+    text = (report / "published.md").read_text()
+    base = ours.set_index(["method", "metric"])["ours_mean"]
+    assert (
+        f"| baseline | 1.0 | 17.43 / {base['baseline', 'top1_train']:.2f} "
+        f"| 29.05 / {base['baseline', 'top1_val']:.2f} "
+        f"| 4.02 / {base['baseline', 'top5_train']:.2f} "
+        f"| 10.07 / {base['baseline', 'top5_val']:.2f} "
+        f"| 26.97 / {base['baseline', 'dense_top1_val']:.2f} "
+        f"| 8.94 / {base['baseline', 'dense_top5_val']:.2f} |"
+    ) in text
+    assert "- sae_first at 1.0 labels (top1_train, top1_val, top5_train," in text
+    assert "no run in this plan" in text
+    claims = pd.read_csv(report / "claims.csv")
+    tested = claims[claims["verdict"] != "waiting"]
+    # swwae_all against the baseline: claims 1 and 2; the rest need runs not planned
+    assert sorted(tested["claim"]) == [1, 2] and set(tested["method"]) == {"swwae_all"}
+    assert tested["seeds"].eq(2).all() and tested["p"].notna().all()
+    summary = (report / "summary.md").read_text()
+    assert "## Claims checked" in summary and "**1. every decoding variant lowers" in summary
+    assert "## imagenet_full: claims checked" in result.stdout  # and on screen

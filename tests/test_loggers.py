@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -107,8 +108,8 @@ def test_logger_csv_writes_history_but_no_event_files(tmp_path):
     plans = [run_cli(*argv, "dry_run=true", *extra) for extra in ([], ["logger=[csv]"])]
     assert all(plan.returncode == 0 for plan in plans), [plan.stderr for plan in plans]
     assert folder.name in plans[0].stdout
-    ids = [[line.split("|")[1] for line in p.stdout.splitlines()[2:-1]] for p in plans]
-    assert ids[0] == ids[1]
+    ids = [re.findall(r"^\| ([0-9a-f]{12}) ", p.stdout, re.MULTILINE) for p in plans]
+    assert ids[0] == ids[1] == [folder.name]
 
 
 class _Probe(Method):

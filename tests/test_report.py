@@ -29,7 +29,7 @@ from harness.report.build import build_report, print_report
 from harness.report.data import CORRECT_NAME, load_runs
 from harness.report.extras import Extra, Section
 from harness.store import RunRecord, correctness
-from tests.conftest import REPO, run_cli
+from tests.conftest import FAST, REPO, run_cli
 
 VAL, CLASSES = 3000, 10
 METHODS = ["baseline", "sae_first", "swwae_all"]
@@ -563,9 +563,21 @@ def test_published_over_the_done_seeds_only(suite):
         ("[{labels: 100, mean: 20}]", "published[0].method='' is empty"),
         (
             "[{method: ladder, labels: 100}, {method: ladder, labels: 100, mean: -1}]",
-            "published[1].mean must be >= 0, got -1.0",
+            "published[1].mean must be an error in [0, 100] %, got -1.0",
         ),
-        ("[{method: ladder, labels: 100, std: -0.5}]", "published[0].std must be >= 0, got -0.5"),
+        (
+            "[{method: ladder, labels: 100, mean: 101}]",
+            "published[0].mean must be an error in [0, 100] %, got 101.0",
+        ),
+        (
+            "[{method: ladder, labels: 100, std: -0.5}]",
+            "published[0].std must be a finite number >= 0, got -0.5",
+        ),
+        (
+            "[{method: ladder, labels: 100, mean: 2, metric: top1_test}]",
+            "unknown published[0].metric (a column of the report) 'top1_test'; valid choices: "
+            "dense_top1_val, dense_top5_val, top1_train, top1_val, top5_train, top5_val",
+        ),
         ("[{method: ladder, mean: 2}]", "published[0].labels is not set"),
         ("[{method: ladder, labels: lots}]", "published[0].labels='lots': label budget"),
         ("[{method: ladder, labels: 100, sd: 1}]", "'sd'; valid choices: labels, mean, method,"),
@@ -598,7 +610,9 @@ def test_published_entries_load_from_a_suite_file(tmp_path):
     assert first.metric == "top1_val" and first.source == "Rasmus et al. 2015, Table 1"
     assert (second.method, second.labels, second.std, second.seeds) == ("baseline", "0.1", 0, 0)
     suite_file.write_text("published:\n  - {method: ladder, labels: 100, mean: -2}\n")
-    with pytest.raises(UsageError, match=r"^published\[0\]\.mean must be >= 0, got -2.0$"):
+    with pytest.raises(
+        UsageError, match=r"^published\[0\]\.mean must be an error in \[0, 100\] %, got -2.0$"
+    ):
         load_config([f"suite={suite_file}"])
 
 
@@ -644,3 +658,26 @@ def test_learning_curves_share_one_axis_of_classifier_steps_across_stages():
     }
     older = history.assign(step=-1)  # records written before history.csv had steps
     assert classifier_steps(older).empty
+
+
+def test_status_and_the_report_name_the_published_cells_with_no_run_yet(results):
+    published = (
+        "published=[{method: baseline, labels: 500, mean: 20},"
+        " {method: swwae_all, labels: 500, metric: top1_train, mean: 19}]"
+    )
+    args = [*FAST, "methods=[baseline]", published, f"results={results}"]
+    before = run_cli(*args, module="harness.status")
+    assert before.returncode == 0, before.stderr
+    assert "published cells with no done run yet:" in before.stdout
+    assert "  baseline at 500 labels (top1_val): 1 seed planned, none done" in before.stdout
+    assert "  swwae_all at 500 labels (top1_train): no run in this plan" in before.stdout
+    assert run_cli(*args).returncode == 0
+    after = run_cli(*args, module="harness.status").stdout
+    assert "baseline at 500 labels" not in after and "swwae_all at 500 labels" in after
+    text = (results / "digits" / "report" / "published.md").read_text()
+    assert "Published cells with no done run of ours yet:" in text
+    assert "- swwae_all at 500 labels (top1_train): no run in this plan" in text
+    assert "- baseline at" not in text
+    # the paper's grid, its columns in the table's order: published / ours
+    ours = pd.read_csv(results / "digits" / "report" / "published.csv")["ours_mean"][0]
+    assert f"| baseline | 500 |  | 20.00 / {ours:.2f} |" in text

@@ -151,6 +151,12 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
         (["labels=[100,100]"], "labels lists a budget twice"),
         (["flush_denormal=maybe"], "bad value for key 'flush_denormal'"),
         (["flush_denormal=true", "threads=2"], "flush_denormal=true needs threads=1"),
+        (["schedule.pretrain.lr=nan"], "schedule.pretrain.lr=nan: every number setting must be"),
+        (["optim.weight_decay=inf"], "optim.weight_decay=inf: every number setting must be finite"),
+        (
+            ["published=[{method: baseline, labels: 100, mean: 2, std: .nan}]"],
+            "published[0].std=nan: every number setting must be finite",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, argv, message):
@@ -164,6 +170,16 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, argv, mess
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert message in lines[0]
     assert tree(results) == before
+
+
+def test_a_results_root_that_cannot_be_made_exits_2_before_any_work():
+    """/proc takes no folders, though root passes its permission check."""
+    result = run_cli("results=/proc/harness-results", "progress=false")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        "error: results='/proc/harness-results' cannot be written (/proc is not writable): "
+        "run records and their locks go there; give a writable results=FOLDER"
+    )
 
 
 def test_unreadable_image_in_a_folder_suite_exits_2(tmp_path):
@@ -205,11 +221,11 @@ def test_dry_run_prints_the_plan_and_writes_nothing(results):
     shown = run_cli(*args, "dry_run=true")
     assert shown.returncode == 0, shown.stderr
     assert not results.exists()
-    rows = [line for line in shown.stdout.splitlines() if line.startswith("| ")][1:]
+    rows = [line for line in shown.stdout.splitlines() if re.match(r"\| [0-9a-f]{12} ", line)]
     assert len(rows) == 4
     cells = [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
     baselines = {c[3]: c[0] for c in cells if c[1] == "baseline"}
-    for _run_id, method, labels, seed, waits, state in cells:
+    for _run_id, method, labels, seed, waits, state, _images, _tflops in cells:
         assert (labels, state) == ("500", "to run")
         assert waits == ("-" if method == "baseline" else baselines[seed])
     assert "4 runs planned (4 to run); dry run: nothing written" in shown.stdout

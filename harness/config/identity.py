@@ -41,6 +41,8 @@ EXECUTION_KEYS = (
     "progress",
     "report",
     "published",  # a paper's numbers, for the report only
+    "groups",  # named lists of methods, for claims
+    "claims",  # a paper's claims, checked by the report
     "dry_run",
     "logger",
     "per_method",  # merged into the method's config before its id is taken (config_for)
@@ -50,6 +52,16 @@ EXECUTION_DATA_KEYS = ("path", "beton", "num_workers")
 EXECUTION_EVAL_KEYS = ("batch_size",)
 # Datasets whose pixels depend on data.loader (FFCV re-encodes and resizes with OpenCV)
 LOADER_DATASETS = ("imagenet",)
+# Keys the schema gained after run ids were first taken, with the default every earlier
+# id was taken with: at that default a key is left out of the id, so adding a key to the
+# schema orphans no stored result; set to anything else, it is in the id like any key.
+# A new key that changes what a run computes goes here with its default.
+ADDED_KEYS: dict[tuple[str, ...], Any] = {
+    ("optim", "lr_decay"): 1.0,  # lr_schedule=exponential's factor (issue 33)
+    ("eval", "bn_recompute"): False,  # batch-norm statistics recomputed at the end (issue 33)
+    ("compile",): False,  # torch.compile of the training step (issue 32)
+    ("data", "svhn_extra"): False,  # SVHN's extra images in the pool (issue 34)
+}
 
 
 def run_relevant(
@@ -90,6 +102,8 @@ def run_relevant(
         else:
             for key in section.id_exclude:
                 plain[name].pop(key, None)
+    for path, default in ADDED_KEYS.items():
+        _drop_at_default(plain, path, default)
     cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     plain["amp"] = cuda and precision == "bf16"
     if not cuda:
@@ -97,6 +111,17 @@ def run_relevant(
         if cfg.flush_denormal:  # off is the default every earlier id was taken with
             plain["flush_denormal"] = True
     return plain
+
+
+def _drop_at_default(plain: dict, path: tuple[str, ...], default: Any) -> None:
+    """Remove ``plain[path[0]]...[path[-1]]`` where it holds ``default``."""
+    *parents, leaf = path
+    for key in parents:
+        plain = plain.get(key)
+        if not isinstance(plain, dict):
+            return
+    if leaf in plain and plain[leaf] == default:
+        del plain[leaf]
 
 
 @lru_cache(maxsize=16)

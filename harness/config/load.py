@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,9 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from harness.claims import expand_claims
 from harness.cli import Command, key_values
+from harness.columns import ERROR_METRICS
 from harness.config.identity import EXECUTION_KEYS
 from harness.config.schema import (
     DEFAULT_SUITE,
@@ -27,6 +30,7 @@ from harness.config.schema import (
     LOGGERS,
     LR_SCHEDULES,
     SUITES_DIR,
+    Claim,
     PublishedResult,
     StageSchedule,
     SuiteConfig,
@@ -111,9 +115,10 @@ def _valid_keys(dotted: str) -> list[str]:
 def _explain(error: OmegaConfBaseException, source: str) -> UsageError:
     key = getattr(error, "full_key", None) or "?"
     first_line = str(error).splitlines()[0]
-    if isinstance(error, ConfigKeyError) and error.object_type is PublishedResult:
-        valid = [f.name for f in dataclasses.fields(PublishedResult)]
-        return unknown(f"key of a `published` entry in {source}", key, valid)
+    for entry_type, section in ((PublishedResult, "published"), (Claim, "claims")):
+        if isinstance(error, ConfigKeyError) and error.object_type is entry_type:
+            valid = [f.name for f in dataclasses.fields(entry_type)]
+            return unknown(f"key of a `{section}` entry in {source}", key, valid)
     if isinstance(error, ConfigKeyError):
         valid = _valid_keys(key)
         return unknown(f"key in {source}", key, [_join(key, v) for v in valid])
@@ -144,7 +149,7 @@ def load_config(argv: list[str]) -> DictConfig:
     if not isinstance(suite_yaml, dict):
         raise UsageError(f"suite file {str(path)!r} must hold a mapping of keys")
     suite_yaml["suite"] = path.stem
-    _published_is_a_list(suite_yaml.get("published", []), f"suite file {path.name}")
+    _entries_are_lists(suite_yaml, f"suite file {path.name}")
     cfg = OmegaConf.structured(suite_schema())
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.create(suite_yaml))
@@ -152,7 +157,7 @@ def load_config(argv: list[str]) -> DictConfig:
         raise _explain(error, f"suite file {path.name}") from None
     try:
         overrides = OmegaConf.from_dotlist(rest)
-        _published_is_a_list(overrides.get("published", []), "the command line")
+        _entries_are_lists(overrides, "the command line")
         cfg = OmegaConf.merge(cfg, overrides)
         OmegaConf.to_container(cfg, resolve=True)  # surfaces bad ${...} interpolations now
     except OmegaConfBaseException as error:
@@ -163,6 +168,7 @@ def load_config(argv: list[str]) -> DictConfig:
     _resolve(cfg)
     _check_values(cfg)
     _check_published(cfg)
+    _check_claims(cfg)
     OmegaConf.set_readonly(cfg, True)
     _check_per_method(cfg)
     return cfg
@@ -189,7 +195,7 @@ def _check_per_method(cfg: DictConfig) -> None:
         if not isinstance(overrides, DictConfig):
             raise UsageError(f"per_method.{name} must be a mapping of keys, got {overrides!r}")
         for key in overrides.get("data") or {}:
-            if key in ("name", "path", "beton", "loader"):
+            if key in ("name", "path", "beton", "loader", "svhn_extra"):
                 raise UsageError(
                     f"per_method.{name}.data.{key}: every method of a suite reads the same "
                     "dataset; per_method may set data.resize, data.crop and data.hflip"
@@ -232,8 +238,30 @@ def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
         raise unknown(f"value for {key}", value, choices)
 
 
+def _non_finite(value: Any, key: str = "") -> str | None:
+    """The dotted key of the first float in ``value`` (a plain container) that is nan or
+    infinite, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return key
+    if isinstance(value, dict):
+        children = [(f"{key}.{name}" if key else str(name), v) for name, v in value.items()]
+    elif isinstance(value, list):
+        children = [(f"{key}[{i}]", v) for i, v in enumerate(value)]
+    else:
+        return None
+    for name, child in children:
+        found = _non_finite(child, name)
+        if found is not None:
+            return found
+    return None
+
+
 def _check_values(cfg: DictConfig) -> None:
     """Range and choice checks OmegaConf's types cannot express."""
+    bad = _non_finite(OmegaConf.to_container(cfg, resolve=True))
+    if bad is not None:
+        value = OmegaConf.select(cfg, bad)
+        raise UsageError(f"{bad}={value}: every number setting must be finite (not nan or inf)")
     if cfg.flush_denormal and cfg.threads != 1:
         # the flush is a per-thread CPU flag: torch's worker threads, some made before a
         # run sets it, would not all flush, and the numbers would depend on the launcher
@@ -293,8 +321,15 @@ def _check_values(cfg: DictConfig) -> None:
     for key in ("mem_gb", "report_mem_gb", "poll_s"):
         if not cfg.slurm[key] > 0:
             raise UsageError(f"slurm.{key} must be > 0, got {cfg.slurm[key]}")
+    if not 0 < cfg.optim.lr_decay <= 1:
+        raise UsageError(f"optim.lr_decay must lie in (0, 1], got {cfg.optim.lr_decay}")
     if not 0 <= cfg.model.dropout < 1:
         raise UsageError(f"model.dropout must lie in [0, 1), got {cfg.model.dropout}")
+    if cfg.data.svhn_extra and cfg.data.name != "svhn":
+        raise UsageError(
+            f"data.svhn_extra=true adds SVHN's extra_32x32.mat to the pool, but data.name is "
+            f"{cfg.data.name!r}; valid: data.svhn_extra=true with data.name=svhn only"
+        )
     if cfg.data.crop > cfg.data.resize:
         raise UsageError(
             f"data.crop ({cfg.data.crop}) must not exceed data.resize ({cfg.data.resize})"
@@ -326,13 +361,15 @@ def _check_values(cfg: DictConfig) -> None:
         OmegaConf.to_object(cfg[name])  # the family's own checks (its __post_init__)
 
 
-def _published_is_a_list(value: object, source: str) -> None:
-    """``published`` holds a list of entries (OmegaConf cannot say so of a mapping)."""
-    if isinstance(value, dict | DictConfig):
-        raise UsageError(
-            f"published in {source} must be a list of entries (`- method: ...` in YAML, "
-            f"[{{method: ..., labels: ..., mean: ...}}] on the command line), got a mapping"
-        )
+def _entries_are_lists(given: Any, source: str) -> None:
+    """``published`` and ``claims`` hold lists of entries (OmegaConf cannot say so of a
+    mapping)."""
+    for key in ("published", "claims"):
+        if isinstance(given.get(key, []), dict | DictConfig):
+            raise UsageError(
+                f"{key} in {source} must be a list of entries (`- {{...}}` lines in YAML, "
+                f"[{{...}}, {{...}}] on the command line), got a mapping"
+            )
 
 
 def _check_published(cfg: DictConfig) -> None:
@@ -353,8 +390,24 @@ def _check_published(cfg: DictConfig) -> None:
             entry.labels = budget_key(entry.labels)
         except UsageError as error:
             raise UsageError(f"{key}.labels={entry.labels!r}: {error}") from None
-        for name in ("mean", "std", "seeds"):
-            if not entry[name] >= 0:
-                raise UsageError(f"{key}.{name} must be >= 0, got {entry[name]}")
-        if not entry.metric:
-            raise UsageError(f"{key}.metric is empty: a metrics.json key, e.g. top1_val")
+        if not 0 <= entry.mean <= 100:
+            raise UsageError(f"{key}.mean must be an error in [0, 100] %, got {entry.mean}")
+        for name in ("std", "seeds"):
+            if not (entry[name] >= 0 and math.isfinite(entry[name])):
+                raise UsageError(f"{key}.{name} must be a finite number >= 0, got {entry[name]}")
+        if entry.metric not in ERROR_METRICS:
+            raise unknown(f"{key}.metric (a column of the report)", entry.metric, ERROR_METRICS)
+
+
+def _check_claims(cfg: DictConfig) -> None:
+    """Each claim names registered methods or groups, a column of the report, a
+    direction and budgets (given their canonical text now, as the plan's runs carry
+    them); ``harness.claims`` says what pairs they make."""
+    if not cfg.claims and not cfg.groups:
+        return
+    expand_claims(cfg.claims, cfg.groups, available_methods())
+    for i, claim in enumerate(cfg.claims):
+        try:
+            claim.labels = [budget_key(b) for b in claim.labels]
+        except UsageError as error:
+            raise UsageError(f"claims[{i}].labels={list(claim.labels)}: {error}") from None

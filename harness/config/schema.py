@@ -23,7 +23,8 @@ LOGGERS = ("csv", "tensorboard")
 # the augmentation of one view (harness.engine.context.Context.prepare): the center crop,
 # the suite's random crop + flip, or that then RandAugment + Cutout (harness.data.randaugment)
 AUGMENTATIONS = ("none", "weak", "strong")
-LR_SCHEDULES = ("cosine", "constant", "linear_last_third")  # harness.engine.loop.make_scheduler
+# harness.engine.loop.make_scheduler
+LR_SCHEDULES = ("cosine", "constant", "linear_last_third", "exponential")
 
 
 @dataclass
@@ -38,6 +39,9 @@ class DataConfig:
     # auto = ffcv where it is installed and data.beton is set; resolved before run ids
     loader: str = "auto"
     beton: str | None = None  # folder of train.beton/val.beton (python -m harness.data.prepare)
+    # svhn only: extra_32x32.mat's 531k images join the unlabeled pool (never labeled), as
+    # the classic SSL protocols use it; in a run's id where on (ADDED_KEYS)
+    svhn_extra: bool = False
 
 
 @dataclass
@@ -69,8 +73,11 @@ class OptimConfig:
     batch_size: int = 64  # labeled images per step
     unlabeled_batch_size: int = 64  # unlabeled images per step, for stages that use the pool
     # applied within each stage: cosine (1 -> 0) | constant | linear_last_third (constant,
-    # then linear to 0 over the stage's last third)
+    # then linear to 0 over the stage's last third) | exponential (x lr_decay per epoch)
     lr_schedule: str = "cosine"
+    # lr_schedule=exponential: the rate is multiplied by this after every epoch of the stage
+    # (e.g. 0.9, suites/mnist_vat.yaml); in (0, 1]. Read by no other schedule
+    lr_decay: float = 1.0
     grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off
 
 
@@ -78,6 +85,10 @@ class OptimConfig:
 class EvalConfig:
     batch_size: int = 256
     every: int = 1  # evaluate val (single crop) every N epochs, for history.csv
+    # before the last evaluation of the run's last trained stage, set every batch norm's
+    # running statistics to their exact average over one training-mode pass of the images
+    # the run trained on (harness.engine.batchnorm), as some papers' code tests
+    bn_recompute: bool = False
 
 
 @dataclass
@@ -98,11 +109,30 @@ class PublishedResult:
 
     method: str = ""  # a method name of this harness (e.g. baseline)
     labels: Any = None  # the label budget, as in `labels:` (e.g. 100)
-    mean: float = 0.0  # published top-1 error, percent
+    mean: float = 0.0  # published error, percent, in [0, 100]
     std: float = 0.0  # published std over its seeds (0 if none given)
     seeds: int = 0  # how many seeds the paper averaged (0 = not stated)
-    metric: str = "top1_val"  # which of our metrics.json keys it is compared with
+    metric: str = "top1_val"  # which of the report's error columns (ERROR_METRICS)
     source: str = ""  # citation, e.g. "Zhang, Lee & Lee 2016, Table 2"
+
+
+@dataclass
+class Claim:
+    """A paper's claim as data: ``methods`` against ``against`` (method or group names of
+    ``groups``; one side of one name is set against each of the other, else the two
+    lists pair in order) on ``metric``, per label budget. The report tests each pair
+    with the seed-level paired t-test, Holm-corrected across all the suite's claims
+    (``harness.report.claims``)."""
+
+    name: str = ""  # what the paper says, in a few words
+    methods: list[str] = field(default_factory=list)
+    against: list[str] = field(default_factory=lambda: ["baseline"])
+    metric: str = "top1_val"  # one of ERROR_METRICS
+    # lower | higher: the methods' error is below / above the other's; not_higher: it is
+    # not above it by `margin` points or more (a non-inferiority test; harness.claims)
+    direction: str = "lower"
+    margin: float = 0.0  # points; for not_higher only
+    labels: list[Any] = field(default_factory=list)  # budgets it speaks of; [] = every one
 
 
 @dataclass
@@ -159,6 +189,10 @@ class SuiteConfig:
     # a paper's numbers for these methods and budgets: the report's published.md sets
     # them beside ours (never a run's id)
     published: list[PublishedResult] = field(default_factory=list)
+    # named lists of methods that claims may name instead of a method (never a run's id)
+    groups: dict[str, list[str]] = field(default_factory=dict)
+    # a paper's claims, checked by the report with the seed-level test (never a run's id)
+    claims: list[Claim] = field(default_factory=list)
     device: str = "cpu"  # cpu | cuda | auto; cuda turns on AMP and channels_last
     # torch intra-op threads. CPU results depend on the thread count, so it is the same
     # under every launcher (not the machine's core count) and part of a CPU run's id
@@ -168,6 +202,10 @@ class SuiteConfig:
     # x86 multiplies by microcode assist; changes a run's numbers once subnormals
     # appear, so a CPU run's id holds it when on (off keeps every earlier id and number)
     flush_denormal: bool = False
+    # torch.compile each training step (the method's loss with the model, forward and
+    # backward; harness.engine.loop.step_module): faster on a GPU once compiled; its
+    # kernels round differently, so a run's id holds it where it is on (ADDED_KEYS)
+    compile: bool = False
     launcher: str = "inprocess"  # inprocess | local_parallel | slurm
     parallel: int = 2  # launcher=local_parallel: runs at once
     wait: bool = False  # launcher=slurm: wait for the jobs (progress bar), then print the table

@@ -1,6 +1,13 @@
 """Datasets, splits and batches; see each module's docstring."""
 
-from harness.data.datasets import DATASETS, Dataset, ImageSet, load_dataset, register_dataset
+from harness.data.datasets import (
+    DATASETS,
+    UNLABELED,
+    Dataset,
+    ImageSet,
+    load_dataset,
+    register_dataset,
+)
 from harness.data.loaders import (
     augment_batch,
     center_crop,
@@ -18,6 +25,7 @@ __all__ = [
     "Dataset",
     "ImageSet",
     "Split",
+    "UNLABELED",
     "augment_batch",
     "budget_key",
     "center_crop",

@@ -5,12 +5,17 @@ Every dataset is turned into the same shape: uint8 images stored at
 int64. Small datasets are held in memory as one tensor; folder datasets keep
 file paths and decode per item. Train-time crops and flips happen later, on the
 batch, so a dataset here is a pure function of its files and ``resize``.
+Training images that come without a label (STL-10's unlabeled set, SVHN's extra)
+follow the labeled ones with the target ``UNLABELED``: the split machinery puts
+them in every pool and never labels them, so every method that reads the pool
+reads them, and nothing else in the engine needs to know.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -22,6 +27,17 @@ from omegaconf import DictConfig
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from harness.data.archives import (
+    CIFAR10_CLASSES,
+    CIFAR100_CLASSES,
+    STL10_CLASSES,
+    SVHN_CLASSES,
+    Part,
+    archive_folder,
+    read_cifar,
+    read_stl10,
+    read_svhn,
+)
 from harness.data.files import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_HINT,
@@ -33,12 +49,16 @@ from harness.data.files import (
 )
 from harness.errors import UsageError, unknown
 
+# The target of a training image without a label (STL-10's unlabeled set, SVHN's extra):
+# every split puts it in the unlabeled pool, none labels it, no evaluation reads it
+UNLABELED = -1
+
 
 @dataclass(frozen=True)
 class ImageSet:
     """One part (train or val) of a dataset."""
 
-    targets: np.ndarray  # int64 [N]
+    targets: np.ndarray  # int64 [N]; UNLABELED for pool-only training images
     images: torch.Tensor | None = None  # uint8 [N, C, R, R], for in-memory sets
     files: tuple[str, ...] | None = None  # image paths, for sets decoded per item
     beton: str | None = None  # an FFCV file holding the same images in the order of `files`
@@ -60,6 +80,12 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @cached_property
+    def pool_only(self) -> int:
+        """How many training images have no label (``UNLABELED``): they are in the pool of
+        every split, so even a budget that labels every labeled image leaves a pool."""
+        return int(np.count_nonzero(self.train.targets == UNLABELED))
 
     @cached_property
     def fingerprint(self) -> str:
@@ -89,7 +115,11 @@ def load_dataset(data_cfg: DictConfig) -> Dataset:
         raise unknown("dataset (data.name)", data_cfg.name, DATASETS)
     # load_config resolved data.loader; a bare data section (tests) reads files with PIL
     args = _Args(
-        data_cfg.path, data_cfg.resize, data_cfg.get("loader", "torchvision"), data_cfg.get("beton")
+        data_cfg.path,
+        data_cfg.resize,
+        data_cfg.get("loader", "torchvision"),
+        data_cfg.get("beton"),
+        bool(data_cfg.get("svhn_extra", False)),
     )
     return _load_cached(data_cfg.name, args)
 
@@ -105,6 +135,7 @@ class _Args:
     resize: int
     loader: str = "torchvision"  # ffcv reads `beton`; anything else `path`
     beton: str | None = None
+    svhn_extra: bool = False  # svhn: extra_32x32.mat joins the training images, unlabeled
 
 
 def _resize_square(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -121,11 +152,26 @@ def _resize_square(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel pixel mean and std (labels not used), in [0, 1] units."""
-    x = images.double() / 255.0
-    mean = x.mean(dim=(0, 2, 3))
-    std = x.std(dim=(0, 2, 3))
-    return tuple(round(v, 6) for v in mean.tolist()), tuple(round(v, 6) for v in std.tolist())
+    """Per-channel pixel mean and std (labels not used), in [0, 1] units.
+
+    Summed exactly in integers, a few MB at a time: as float64 at once, STL-10's
+    105,000 training images would need 23 GB. Exact sums also make the result
+    independent of the chunking (the same digits as a float64 pass, to the 6th place).
+    """
+    count, channels, height, width = images.shape
+    sums = torch.zeros(channels, dtype=torch.int64)
+    squares = torch.zeros(channels, dtype=torch.int64)
+    for chunk in images.split(max(1, (1 << 22) // (channels * height * width))):
+        wide = chunk.to(torch.int64)
+        sums += wide.sum(dim=(0, 2, 3))
+        squares += (wide * wide).sum(dim=(0, 2, 3))
+    n = count * height * width
+    mean, std = [], []
+    for total, square in zip(sums.tolist(), squares.tolist(), strict=True):
+        mean.append(round(total / (n * 255), 6))
+        # the unbiased variance, from exact integers (Python's int / int rounds once)
+        std.append(round(math.sqrt((square * n - total * total) / (n * (n - 1))) / 255, 6))
+    return tuple(mean), tuple(std)
 
 
 def _in_memory(name: str, train: ImageSet, val: ImageSet, classes: tuple[str, ...]) -> Dataset:
@@ -220,6 +266,78 @@ def load_mnist(args: _Args) -> Dataset:
                 f"not MNIST's {expected}; {MNIST_HINT}"
             )
     return _in_memory("mnist", parts["train"], parts["val"], tuple(str(c) for c in range(10)))
+
+
+def _stack_square(arrays: Sequence[np.ndarray], size: int) -> torch.Tensor:
+    """uint8 [N_i, C, H, W] arrays (views welcome) -> one uint8 [sum N_i, C, size, size]
+    tensor, copied and resized chunk by chunk so a large pool is never held twice."""
+    count = sum(len(array) for array in arrays)
+    out = torch.empty((count, arrays[0].shape[1], size, size), dtype=torch.uint8)
+    start = 0
+    for array in arrays:
+        for first in range(0, len(array), 4096):
+            chunk = torch.from_numpy(np.ascontiguousarray(array[first : first + 4096]))
+            out[start : start + len(chunk)] = _resize_square(chunk, size)
+            start += len(chunk)
+    return out
+
+
+def _archive_dataset(
+    name: str,
+    parts: dict[str, Part],
+    classes: tuple[str, ...],
+    resize: int,
+    pools: tuple[str, ...] = (),
+) -> Dataset:
+    """An in-memory dataset from an archive's parts: ``train``, then the ``pools`` as
+    ``UNLABELED`` training images (SVHN's extra has labels: they are never read), and
+    ``val``."""
+    train, pool = parts["train"], [parts[part] for part in pools]
+    assert train.labels is not None
+    unlabeled = np.full(sum(len(part) for part in pool), UNLABELED, np.int64)
+    return _in_memory(
+        name,
+        ImageSet(
+            np.concatenate([train.labels, unlabeled]),
+            images=_stack_square([train.images, *(part.images for part in pool)], resize),
+        ),
+        ImageSet(parts["val"].labels, images=_stack_square([parts["val"].images], resize)),
+        classes,
+    )
+
+
+@register_dataset("cifar10")
+def load_cifar10(args: _Args) -> Dataset:
+    """CIFAR-10's python version (``cifar-10-batches-py/``): 50k train, the 10k test set
+    as val."""
+    parts = read_cifar("cifar10", archive_folder("cifar10", args.path))
+    return _archive_dataset("cifar10", parts, CIFAR10_CLASSES, args.resize)
+
+
+@register_dataset("cifar100")
+def load_cifar100(args: _Args) -> Dataset:
+    """CIFAR-100's python version (``cifar-100-python/``), its 100 fine labels: 50k
+    train, the 10k test set as val."""
+    parts = read_cifar("cifar100", archive_folder("cifar100", args.path))
+    return _archive_dataset("cifar100", parts, CIFAR100_CLASSES, args.resize)
+
+
+@register_dataset("svhn")
+def load_svhn(args: _Args) -> Dataset:
+    """SVHN's cropped digits (``train_32x32.mat``, ``test_32x32.mat`` as val). With
+    ``data.svhn_extra=true`` the 531k ``extra_32x32.mat`` images join the unlabeled pool
+    (the protocols of the classic SSL papers), their labels never read."""
+    parts = read_svhn(archive_folder("svhn", args.path), extra=args.svhn_extra)
+    pools = ("extra",) if args.svhn_extra else ()
+    return _archive_dataset("svhn", parts, SVHN_CLASSES, args.resize, pools)
+
+
+@register_dataset("stl10")
+def load_stl10(args: _Args) -> Dataset:
+    """STL-10's binary version (``stl10_binary/``): 5k labeled train images, then the
+    100k unlabeled ones (in every split's pool, never labeled), the 8k test set as val."""
+    parts = read_stl10(archive_folder("stl10", args.path))
+    return _archive_dataset("stl10", parts, STL10_CLASSES, args.resize, ("unlabeled",))
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")

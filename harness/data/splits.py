@@ -2,13 +2,14 @@
 
 A split is a pure function of (dataset, label budget, split seed): a
 class-balanced labeled subset, and the rest of the training set as the
-unlabeled pool. A budget may also be a file listing the labeled images by file
-name, one per line (the published ImageNet 1% / 10% subsets, e.g.
-``n01440764_10026.JPEG``), so a published split is reproduced exactly; such a
-split is the same for every seed. It does not depend on the method, so every method of a suite
-sees the same labeled images. It is stored once, with the hash of its content,
-and every later load checks that hash: a changed file is an error, never a
-silent redraw.
+unlabeled pool, which also holds the images a dataset has without a label
+(``UNLABELED``: no budget draws them). A budget may also be a file listing the
+labeled images by file name, one per line (the published ImageNet 1% / 10%
+subsets, e.g. ``n01440764_10026.JPEG``), so a published split is reproduced
+exactly; such a split is the same for every seed. It does not depend on the
+method, so every method of a suite sees the same labeled images. It is stored
+once, with the hash of its content, and every later load checks that hash: a
+changed file is an error, never a silent redraw.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.data.datasets import Dataset
+from harness.data.datasets import UNLABELED, Dataset
 from harness.errors import UsageError
 from harness.seeding import numpy_rng
 from harness.store import atomic_write_bytes
@@ -55,10 +56,13 @@ def is_list_budget(key: str) -> bool:
     return key.endswith(LIST_SUFFIX)
 
 
-def every_image_labeled(budget: str) -> bool:
-    """A budget (canonical text) that labels the whole training set: the paper's ImageNet
-    setting, where stages that use the pool read the labeled batches themselves."""
-    return not is_list_budget(budget) and ("." in budget or "e" in budget) and float(budget) >= 1
+def every_image_labeled(budget: str, pool_only: int = 0) -> bool:
+    """A budget (canonical text) that labels the whole training set, of a dataset with
+    ``pool_only`` images without a label: the paper's ImageNet setting, where stages that
+    use the pool read the labeled batches themselves. Images without a label always
+    leave a pool (STL-10 with every labeled image labeled still has its 100k)."""
+    fraction = not is_list_budget(budget) and ("." in budget or "e" in budget)
+    return fraction and float(budget) >= 1 and not pool_only
 
 
 def budget_key(budget: object) -> str:
@@ -150,7 +154,7 @@ def draw_split(dataset: Dataset, budget: object, seed: int) -> Split:
         labeled = read_subset_list(Path(key), dataset)
         unlabeled = np.setdiff1d(np.arange(len(targets)), labeled).astype(np.int64)
         return Split(labeled, unlabeled, key, seed, dataset.fingerprint)
-    class_sizes = np.bincount(targets, minlength=dataset.num_classes)
+    class_sizes = np.bincount(targets[targets != UNLABELED], minlength=dataset.num_classes)
     counts = per_class_counts(key, class_sizes)
     rng = numpy_rng("split", dataset.fingerprint, key, seed)
     chosen = [rng.permutation(np.flatnonzero(targets == c))[:k] for c, k in enumerate(counts)]

@@ -63,6 +63,20 @@ class ImagesRead:
     unlabeled: int = 0
 
 
+def images_per_epoch(ctx: Context, stage: Stage) -> ImagesRead:
+    """The images one epoch of ``stage`` reads, by role, as ``stage_batches`` counts
+    them into ``history.csv``, from the same batch indices but without loading an
+    image: what ``dry_run=true`` prints before any run starts (every epoch of a stage
+    reads as many)."""
+    cfg = ctx.cfg
+    if not ctx.draws_pool(stage):
+        batches = _epoch_indices(ctx, ctx.split.labeled, cfg.optim.batch_size, stage, 0)
+        return ImagesRead(labeled=sum(len(b) for b in batches))
+    pool = _epoch_indices(ctx, ctx.split.unlabeled, ctx.unlabeled_batch_size, stage, 0)
+    labeled = cfg.optim.batch_size * len(pool) if stage.labeled else 0
+    return ImagesRead(labeled=labeled, unlabeled=sum(len(b) for b in pool))
+
+
 def stage_batches(
     ctx: Context, method: Method, stage: Stage, epoch: int, read: ImagesRead | None = None
 ) -> Iterator[Batch]:

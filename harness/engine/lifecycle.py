@@ -224,6 +224,7 @@ def _train_run(
             # killed between checkpoint and CSV: the CSV may lack the last row
             record.write_history(history)
     by_name = {stage.name: stage for stage in stages}
+    trained = [i for i, stage in enumerate(stages) if cfg.schedule[stage.name].epochs > 0]
     taken = steps_done(history, lambda name: steps_per_epoch(ctx, by_name[name]))
     with open_run_log(record.path, list(cfg.logger), taken, main) as log:
         for index, stage in enumerate(stages):
@@ -234,7 +235,10 @@ def _train_run(
                 classifier_of(model).load_state_dict(load_weights(source, map_location=device))
             else:
                 resume = checkpoint if index == start_stage and start_epoch > 0 else None
-                run_stage(ctx, record, model, method, index, stage, resume, history, clock, log)
+                final = index == max(trained, default=-1)
+                run_stage(
+                    ctx, record, model, method, index, stage, resume, history, clock, log, final
+                )
             if main:
                 atomic_torch_save(model.state_dict(), record.stage_file(stage.name))
                 save_checkpoint(

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from harness.engine import distributed
 from harness.engine.batches import ImagesRead, stage_batches, steps_per_epoch
+from harness.engine.batchnorm import recompute_statistics
 from harness.engine.checkpoint import checkpoint_state, save_checkpoint
 from harness.engine.context import Context
 from harness.engine.evaluate import error_rates, evaluate_split
@@ -50,6 +51,40 @@ class StageLoss(torch.nn.Module):
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         return self.method.loss(self.model, self.stage, batch)
+
+
+def step_module(
+    model: torch.nn.Module,
+    method: Method,
+    stage: Stage,
+    *,
+    place: distributed.World | None = None,
+    device: torch.device | None = None,
+    compile: bool = False,
+) -> torch.nn.Module:
+    """The module whose forward is one training step's loss terms: ``StageLoss``, in
+    DistributedDataParallel under several processes, and ``torch.compile``d where
+    ``compile`` is set (the suite's ``compile`` key).
+
+    Only this wrapper is compiled, never ``model``: a compiled module's ``state_dict``
+    keys carry an ``_orig_mod.`` prefix, so compiling the model would make checkpoints
+    and stage files of compiled runs unreadable by plain ones; this way they hold the
+    same keys either way, evaluation runs the model as it is, and the method's own
+    loss code (its own heads' terms, a consistency cost) is compiled with the network.
+    """
+    module: torch.nn.Module = StageLoss(model, method, stage)
+    if place is not None and place.active:
+        on_cuda = device is not None and device.type == "cuda"
+        devices = [device.index] if on_cuda else None
+        module = torch.nn.parallel.DistributedDataParallel(module, device_ids=devices)
+    if compile:
+        # each stage compiles afresh: its trained parameters and its loss differ from the
+        # last stage's, and dynamo caches per code object (StageLoss.forward), so the
+        # stages of the runs sharing a process (launcher=inprocess) would pile up
+        # recompiles past dynamo's limit and silently fall back to eager
+        torch.compiler.reset()
+        module = torch.compile(module)
+    return module
 
 
 class NonFiniteLoss(RuntimeError):
@@ -112,7 +147,8 @@ def train_one_epoch(
     the method logged (detached, unread: no sync). Each batch is told its step in
     the stage (``first_step`` + its index) and the stage's ``total_steps``, for a
     method's ramps; ``amp`` autocasts to bf16 unless the method's precision is fp32."""
-    loss_module = loss_module or StageLoss(model, method, stage)
+    if loss_module is None:  # not `or`: a compiled module refuses len(), hence bool()
+        loss_module = StageLoss(model, method, stage)
     model.train()
     logged: list[dict[str, torch.Tensor]] = []
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -166,12 +202,21 @@ def make_optimizer(cfg: DictConfig, params: Any, lr: float) -> torch.optim.Optim
 
 
 def make_scheduler(
-    cfg: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int
+    cfg: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int, per_epoch: int = 0
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step LR factor: cosine from 1 to 0 over the stage, constant, or constant and
-    then linear to 0 over the last third (``linear_last_third``)."""
+    """Per-step LR factor: cosine from 1 to 0 over the stage, constant, constant and
+    then linear to 0 over the last third (``linear_last_third``), or ``optim.lr_decay``
+    to the power of the epochs done (``exponential``: the rate multiplied by it after
+    each epoch), which needs the stage's steps ``per_epoch``."""
     if cfg.optim.lr_schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    if cfg.optim.lr_schedule == "exponential":
+        if per_epoch < 1:
+            raise ValueError(f"lr_schedule=exponential needs the steps per epoch, got {per_epoch}")
+        decay = cfg.optim.lr_decay
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: decay ** (step // per_epoch)
+        )
     total = max(total_steps, 1)
     if cfg.optim.lr_schedule == "linear_last_third":
         decay = max(total // 3, 1)  # the last third's steps
@@ -203,10 +248,14 @@ def run_stage(
     history: list[dict[str, Any]],
     clock: Clock,
     log: RunLog,
+    final: bool = False,
 ) -> None:
     """Train ``stage`` epoch by epoch (from ``resume``'s epoch on), appending a row per
     epoch to ``history``, and to ``log`` its steps and val errors; after each epoch,
-    rank 0 writes the checkpoint and history.csv."""
+    rank 0 writes the checkpoint and history.csv. In the run's ``final`` trained stage,
+    ``eval.bn_recompute`` recomputes the batch-norm statistics after the last epoch's
+    steps, before its evaluation and checkpoint: the final model is the one the
+    history's last evaluation and the report's error columns read."""
     cfg, spec = ctx.cfg, ctx.spec
     schedule = cfg.schedule[stage.name]
     if schedule.epochs == 0:
@@ -214,7 +263,7 @@ def run_stage(
     params = set_trainable(model, method, stage)
     optimizer = make_optimizer(cfg, params, schedule.lr)
     per_epoch = steps_per_epoch(ctx, stage)
-    scheduler = make_scheduler(cfg, optimizer, per_epoch * schedule.epochs)
+    scheduler = make_scheduler(cfg, optimizer, per_epoch * schedule.epochs, per_epoch)
     first_epoch = 0
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
@@ -223,10 +272,9 @@ def run_stage(
         first_epoch = resume["epoch"]
     # a stage that trains only other parts (a method's own head) cannot change val error
     classifier_trains = any(p.requires_grad for p in classifier_of(model).parameters())
-    loss_module: torch.nn.Module = StageLoss(model, method, stage)
-    if ctx.place.active:
-        devices = [ctx.device.index] if ctx.cuda else None
-        loss_module = torch.nn.parallel.DistributedDataParallel(loss_module, device_ids=devices)
+    loss_module = step_module(
+        model, method, stage, place=ctx.place, device=ctx.device, compile=cfg.compile
+    )
     main = ctx.place.is_main
     bar = tqdm(
         total=per_epoch * schedule.epochs,
@@ -266,6 +314,9 @@ def run_stage(
         except NonFiniteLoss as error:
             error.details = {"stage": stage.name, "epoch": epoch + 1, **error.details}
             raise
+        last = epoch + 1 == schedule.epochs
+        if final and last and cfg.eval.bn_recompute:
+            recompute_statistics(ctx, method.eval_model(model), method)
         terms = distributed.mean_over_ranks(terms, ctx.place)
         log.train_steps(steps)
         # step: the run's steps so far (all stages), the x axis of its TensorBoard curves
@@ -273,7 +324,6 @@ def run_stage(
         row["lr"] = lr
         row |= {"images_labeled": read.labeled, "images_unlabeled": read.unlabeled}
         row |= {f"loss_{key}": value for key, value in terms.items()}
-        last = epoch + 1 == schedule.epochs
         every = schedule.eval_every or cfg.eval.every
         if classifier_trains and ((epoch + 1) % every == 0 or last):
             top1, top5 = error_rates(

@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from harness.claims import expand_claims
+from harness.report.claims import CLAIMS_TITLE, claim_table, claims_markdown
 from harness.report.compare import BASELINE, MARKS_TEST, compare
 from harness.report.data import ERROR_COLUMNS, STATUSES, final_errors, load_runs
 from harness.report.extras import ExtraInputs, Section, report_extras
@@ -80,7 +82,7 @@ def build_report(cfg: DictConfig, plan: list[RunSpec]) -> Report:
         figures = all_plots(runs, history, comparisons, methods, out)
     extras = report_extras(ExtraInputs(runs, history, suite_dir, methods, out, cfg.report.plots))
     figures += extras.figures
-    sections = _published(cfg, runs, out) + extras.sections
+    sections = _published(cfg, runs, out) + _claims(cfg, runs, out) + extras.sections
     _write(out / "summary.md", summary(cfg, runs, comparisons, methods, sections, figures))
     return Report(out, table_md, sections, runs, comparisons)
 
@@ -93,10 +95,23 @@ def _published(cfg: DictConfig, runs: pd.DataFrame, out: Path) -> tuple[Section,
             (out / name).unlink(missing_ok=True)
         return ()
     table = published_table(cfg.published, runs)
-    markdown = published_markdown(table, cfg.report.last_k)
+    markdown = published_markdown(table, cfg.report.last_k, cfg.published, runs)
     _write(out / "published.md", f"# {cfg.suite}: {PUBLISHED_TITLE.lower()}\n\n{markdown}")
     _write(out / "published.csv", _csv_text(table))
     return (Section(PUBLISHED_TITLE, PUBLISHED_TITLE.lower(), markdown),)
+
+
+def _claims(cfg: DictConfig, runs: pd.DataFrame, out: Path) -> tuple[Section, ...]:
+    """claims.csv, where the suite lists a paper's claims; the checklist for summary.md
+    and the screen."""
+    if not cfg.claims:
+        (out / "claims.csv").unlink(missing_ok=True)  # an earlier report's
+        return ()
+    pairs = expand_claims(cfg.claims, cfg.groups)  # checked when the config loaded
+    labels_of = {i: list(claim.labels) for i, claim in enumerate(cfg.claims)}
+    table = claim_table(pairs, labels_of, runs, cfg.report.alpha)
+    _write(out / "claims.csv", _csv_text(table))
+    return (Section(CLAIMS_TITLE, CLAIMS_TITLE.lower(), claims_markdown(table, cfg.report.alpha)),)
 
 
 def _write(path: Path, text: str) -> None:
@@ -355,7 +370,9 @@ def print_report(cfg: DictConfig, report: Report) -> None:
     for section in report.sections:
         print(f"## {cfg.suite}: {section.screen_title}\n")
         print(section.markdown)
-    files = "table.md, table.tex, stats.csv, summary.md" + (
-        ", published.md, published.csv" if cfg.published else ""
+    files = (
+        "table.md, table.tex, stats.csv, summary.md"
+        + (", published.md, published.csv" if cfg.published else "")
+        + (", claims.csv" if cfg.claims else "")
     )
     print(f"\nreport: {report.folder}/ ({files})", file=sys.stderr)

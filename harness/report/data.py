@@ -41,21 +41,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from harness.columns import ERROR_COLUMNS
 from harness.lock import LOCK_NAME, is_held
 from harness.store import CORRECT_NAME, RunRecord, atomic_open, targets_key, topk_key
 
 if TYPE_CHECKING:
     from harness.plan import RunSpec
 
-# (metrics.json key, title), in the paper's table order
-ERROR_COLUMNS = (
-    ("top1_train", "top-1 train"),
-    ("top1_val", "top-1 val"),
-    ("top5_train", "top-5 train"),
-    ("top5_val", "top-5 val"),
-    ("dense_top1_val", "dense top-1 val"),
-    ("dense_top5_val", "dense top-5 val"),
-)
 # columns whose "final" value is the median of the last k evaluations in history.csv
 HISTORY_COLUMNS = ("top1_val", "top5_val")
 # done: metrics.json; running: a live process holds its lock; failed: failed.json or an

@@ -8,7 +8,7 @@ a metric outside the table's columns is read as ``metrics.json`` gives it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import pandas as pd
 
@@ -68,8 +68,19 @@ def published_table(published: Iterable, runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(PUBLISHED_COLUMNS))
 
 
-def published_markdown(table: pd.DataFrame, last_k: int) -> str:
-    """The section of published.md, summary.md and the screen."""
+def run_counts(runs: pd.DataFrame) -> tuple[dict, dict]:
+    """Planned and done runs per (method, budget) of ``final_errors``'s frame."""
+    planned = runs.groupby(["method", "labels"]).size().to_dict()
+    done = runs[runs["status"] == "done"].groupby(["method", "labels"]).size().to_dict()
+    return planned, done
+
+
+def published_markdown(
+    table: pd.DataFrame, last_k: int, published: Iterable = (), runs: pd.DataFrame | None = None
+) -> str:
+    """The section of published.md, summary.md and the screen: the entries one a row,
+    the paper's grid where they span several columns, and the cells with no run yet
+    (given the entries and the runs)."""
     titles = dict(ERROR_COLUMNS)
     lines = [
         "Error (%): published = the paper's mean ± std (over its seeds, where it says how "
@@ -106,7 +117,62 @@ def published_markdown(table: pd.DataFrame, last_k: int) -> str:
             difference,
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    grid = published_grid_markdown(table)
+    if grid:
+        lines += ["", grid.rstrip("\n")]
+    missing = cells_without_runs(published, *run_counts(runs)) if runs is not None else []
+    if missing:
+        lines += ["", "Published cells with no done run of ours yet:", ""]
+        lines += [f"- {line}" for line in missing]
     return "\n".join(lines) + "\n"
+
+
+def published_grid_markdown(table: pd.DataFrame) -> str:
+    """The paper's table laid out as the paper lays it out: a row per method and budget,
+    a column per error column it reports, each cell "published / ours" (ours: the mean
+    over our done seeds). Empty where the entries name one column only (the long table
+    says it all)."""
+    metrics = [key for key, _ in ERROR_COLUMNS if key in set(table["metric"])]
+    if len(metrics) < 2:
+        return ""
+    titles = dict(ERROR_COLUMNS)
+    lines = [
+        f"Each cell: published / ours (mean over our done seeds; {MISSING_MD} where none is done).",
+        "",
+        "| method | labels | " + " | ".join(titles[m] for m in metrics) + " |",
+        "|:--|--:|" + "--:|" * len(metrics),
+    ]
+    for (method, labels), group in table.groupby(["method", "labels"], sort=False):
+        by_metric = {row.metric: row for row in group.itertuples(index=False)}
+        cells = []
+        for metric in metrics:
+            row = by_metric.get(metric)
+            if row is None:
+                cells.append("")
+                continue
+            ours = MISSING_MD if math.isnan(row.ours_mean) else f"{row.ours_mean:.2f}"
+            cells.append(f"{row.published_mean:.2f} / {ours}")
+        lines.append(f"| {method} | {labels} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def cells_without_runs(
+    published: Iterable, planned: Mapping[tuple[str, str], int], done: Mapping[tuple[str, str], int]
+) -> list[str]:
+    """One line per published cell (method, budget) with no done run of ours, saying
+    whether the plan has no run of it or has runs not done yet; ``planned`` and ``done``
+    count runs per (method, budget). The report and ``harness.status`` both print it."""
+    metrics: dict[tuple[str, str], list[str]] = {}
+    for entry in published:
+        metrics.setdefault((entry.method, str(entry.labels)), []).append(entry.metric)
+    lines = []
+    for (method, labels), names in metrics.items():
+        if done.get((method, labels), 0):
+            continue
+        count = planned.get((method, labels), 0)
+        why = f"{_seeds(count)} planned, none done" if count else "no run in this plan"
+        lines.append(f"{method} at {labels} labels ({', '.join(names)}): {why}")
+    return lines
 
 
 def _seeds(n: int) -> str:
