@@ -38,7 +38,8 @@ def test_scalar_given_to_list_key_becomes_a_list():
         (["suite=nope"], "unknown suite 'nope'; valid choices: digits, fashion_mnist"),
         (
             ["bogus=1"],
-            "unknown key in the command line 'bogus'; valid choices: claims, compile, data, decoding, description",
+            "unknown key in the command line 'bogus'; valid choices: claims, compile, data, "
+            "decoding, description",
         ),
         (["optim.momentun=0.5"], "'optim.momentun'; valid choices: optim.batch_size"),
         (

@@ -20,6 +20,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import needs_fashion_mnist, run_cli
 
@@ -101,3 +102,17 @@ def test_a_decoding_run_keeps_its_numbers(tmp_path):
     result = run_cli(*PINNED["digits_decoding_short_args"], "progress=false", f"results={tmp_path}")
     assert result.returncode == 0, result.stderr
     _check_pinned(_metrics(tmp_path, "digits"), PINNED["digits_decoding_short_by_cpu"])
+
+
+@needs_fashion_mnist
+@pytest.mark.parametrize("suite", sorted(PINNED["reference_suites_in_progress"]))
+def test_reference_suites_in_progress_keep_their_run_ids(suite):
+    """A reference suite longer than a session resumes from the records carried in
+    ``results/in_progress/``: only under the ids its runs started with."""
+    if suite.startswith("mnist"):
+        from tests.test_ladder import FILES, MNIST
+
+        if not all((MNIST / name).is_file() for name in FILES):
+            pytest.skip("MNIST is not in ~/.cache/harness/mnist (bash tools/fetch_mnist.sh)")
+    pinned = PINNED["reference_suites_in_progress"][suite]
+    assert _planned_ids(*pinned["args"], "results=/nonexistent") == pinned["ids"]
