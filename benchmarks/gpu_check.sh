@@ -14,7 +14,8 @@
 # docstring says what each measures); GPU_CHECK_NPROC processes for the end-to-end run
 # (1: a process group needs two or more; the NCCL row checks NCCL itself);
 # GPU_CHECK_FLAGS="--cpu --tiny" runs every part small on the CPU (the tests do);
-# GPU_CHECK_TIMEOUT (300) seconds at most for each torchrun part (a hung collective).
+# GPU_CHECK_TIMEOUT (300) seconds at most for the timed steps (a hung compile) and for
+# each torchrun part (a hung collective).
 # Exit status 1 if a part failed (its row says how; the table is written anyway).
 set -uo pipefail
 
@@ -34,7 +35,7 @@ torchrun() {
 
 mkdir -p "$out" || exit 2
 "$python" "$check" "${flags[@]}" data "$out" || exit 1
-part step "$out"
+timeout "$limit" "$python" "$check" "${flags[@]}" step "$out" || failed=1  # a hung compile
 torchrun 1 "$check" "${flags[@]}" nccl "$out" || failed=1
 if keys="$("$python" "$check" "${flags[@]}" e2e-args "$out")"; then
     mapfile -t e2e <<<"$keys"

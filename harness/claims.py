@@ -96,7 +96,8 @@ def expand_claims(
                 f"({len(theirs)}: {', '.join(theirs)}) must pair in order, or one side "
                 "must name a single method"
             )
-        for method, other in zip(mine, theirs, strict=True):
+        # a group may name a method twice to pair in order; each pair is tested once
+        for method, other in dict.fromkeys(zip(mine, theirs, strict=True)):
             if method == other:
                 raise UsageError(f"{key} sets {method} against itself")
             pairs.append(

@@ -148,6 +148,23 @@ def test_not_higher_is_a_non_inferiority_test_against_its_margin():
     one_sided = stats.ttest_1samp(shifted, 0.0, alternative="less").pvalue
     assert table.iloc[0]["p"] == pytest.approx(one_sided)
     assert list(table["verdict"]) == ["holds", "contradicted"]
+    # contradicted: "higher than the margin", one-sided, at alpha / the 2 tested pairs
+    worse = np.subtract(errors["vat"], base) - 0.5
+    against = stats.ttest_1samp(worse, 0.0, alternative="greater").pvalue
+    assert table.iloc[1]["p_other_way"] == pytest.approx(against) and 2 * against < ALPHA
+
+
+def test_a_group_that_names_a_method_twice_to_pair_in_order_tests_each_pair_once():
+    cfg = load_config(
+        [
+            "groups={twice: [vat, pi_model, vat, pi_model]}",
+            *_claims("{name: a, methods: [twice], against: [baseline]}"),
+        ]
+    )
+    assert [(p.method, p.against) for p in _pairs(cfg)] == [
+        ("vat", "baseline"),
+        ("pi_model", "baseline"),
+    ]
 
 
 def test_a_claim_speaks_of_its_own_budgets_only():
@@ -161,6 +178,9 @@ def test_a_claim_speaks_of_its_own_budgets_only():
     assert list(cfg.claims[0].labels) == ["1000"]
     table = claim_table(_pairs(cfg), {0: ["1000"]}, runs, ALPHA)
     assert list(table["labels"]) == ["1000"]
+    table = claim_table(_pairs(cfg), {0: ["500"]}, runs, ALPHA)
+    assert list(table["verdict"]) == ["waiting"]
+    assert list(table["note"]) == ["no run of vat or baseline at 500 labels in this plan"]
 
 
 @pytest.mark.parametrize(

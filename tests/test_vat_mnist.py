@@ -19,6 +19,7 @@ from harness.config.identity import run_relevant
 from harness.data import center_crop, load_dataset, normalize
 from harness.engine.batchnorm import average_statistics
 from harness.engine.loop import make_scheduler
+from harness.errors import UsageError
 from harness.method import Batch, Stage, get_method
 from harness.models import build_encoder
 from harness.run import main as run_main
@@ -101,9 +102,20 @@ def test_a_decay_outside_0_1_is_one_line_exit_2(value, tmp_path, capsys):
 def test_the_new_keys_leave_earlier_run_ids_alone_and_enter_them_when_set():
     plain = run_relevant(load_config([]), ["pretrain", "finetune"])
     assert "lr_decay" not in plain["optim"] and "bn_recompute" not in plain["eval"]
-    both = load_config(["optim.lr_decay=0.5", "eval.bn_recompute=true"])
+    both = load_config(["optim.lr_decay=0.5", "eval.bn_recompute=true", "report.last_k=1"])
     changed = run_relevant(both, ["pretrain", "finetune"])
     assert changed["optim"]["lr_decay"] == 0.5 and changed["eval"]["bn_recompute"] is True
+
+
+def test_a_recompute_needs_the_final_models_error_alone():
+    """The recomputed statistics serve the final model only: a median over the last
+    evaluations would mix in models evaluated on the running statistics."""
+    with pytest.raises(UsageError) as error:
+        load_config(["eval.bn_recompute=true"])  # report.last_k: 3, the default
+    assert str(error.value) == (
+        "eval.bn_recompute=true needs report.last_k=1 (the final model's error), got "
+        "report.last_k=3"
+    )
 
 
 def test_recomputed_statistics_are_the_exact_average_of_the_batches():

@@ -269,6 +269,13 @@ def _check_values(cfg: DictConfig) -> None:
             f"flush_denormal=true needs threads=1, got threads={cfg.threads} "
             "(the flush is per thread); valid: threads=1, or flush_denormal=false"
         )
+    if cfg.eval.bn_recompute and cfg.report.last_k != 1:
+        # the statistics are recomputed for the final model only: the median of the last
+        # k evaluations would mix it with models evaluated on the running statistics
+        raise UsageError(
+            f"eval.bn_recompute=true needs report.last_k=1 (the final model's error), got "
+            f"report.last_k={cfg.report.last_k}"
+        )
     _choice("device", cfg.device, ("cpu", "cuda", "auto"))
     _choice("optim.name", cfg.optim.name, ("sgd", "adam"))
     _choice("optim.lr_schedule", cfg.optim.lr_schedule, LR_SCHEDULES)

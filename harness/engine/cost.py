@@ -62,8 +62,8 @@ def plan_costs(
     cfg: DictConfig, plan: list[RunSpec], dataset: Dataset
 ) -> dict[str, list[StageCost]]:
     """Each run's stage costs, by run id; reads the stored splits, writes nothing."""
-    _MODELS.clear()  # a model per method of this plan: another plan's may differ
     cache: FlopCache = {}
+    models: dict = {}  # each method's model, built once for all its stages
     splits: dict[tuple[object, int], Split] = {}
     costs = {}
     for spec in plan:
@@ -73,12 +73,17 @@ def plan_costs(
                 Path(cfg.results), dataset, spec.labels, spec.split_seed, store=False
             )
         own = config_for(cfg, spec.method)
-        costs[spec.run_id] = run_cost(own, spec, dataset, splits[key], cache)
+        costs[spec.run_id] = run_cost(own, spec, dataset, splits[key], cache, models)
     return costs
 
 
 def run_cost(
-    cfg: DictConfig, spec: RunSpec, dataset: Dataset, split: Split, cache: FlopCache
+    cfg: DictConfig,
+    spec: RunSpec,
+    dataset: Dataset,
+    split: Split,
+    cache: FlopCache,
+    models: dict | None = None,
 ) -> list[StageCost]:
     """The stage costs of one run (``cfg``: its method's, per_method keys merged in);
     ``cache`` keeps the per-image FLOPs for the plan's other runs."""
@@ -114,7 +119,7 @@ def run_cost(
             as_unlabeled > 0,
         )
         if key not in cache:
-            cache[key] = per_image_flops(method, cfg, dataset, stage, *key[-2:])
+            cache[key] = per_image_flops(method, cfg, dataset, stage, *key[-2:], models=models)
         per_labeled, per_unlabeled = cache[key]
         flops = epochs * (per_labeled * as_labeled + per_unlabeled * as_unlabeled)
         steps = steps_per_epoch(ctx, stage)
@@ -135,15 +140,22 @@ def trains(cfg: DictConfig, spec: RunSpec, stage: Stage) -> bool:
 
 
 def per_image_flops(
-    method: Method, cfg: DictConfig, dataset: Dataset, stage: Stage, labeled: bool, unlabeled: bool
+    method: Method,
+    cfg: DictConfig,
+    dataset: Dataset,
+    stage: Stage,
+    labeled: bool,
+    unlabeled: bool,
+    models: dict | None = None,
 ) -> tuple[float, float]:
     """Training FLOPs of ``stage`` per labeled image and per unlabeled image (with all
     its views), for the roles the stage's batches fill: counted on the ``meta`` device,
     or on CPU tensors where the loss needs real values."""
+    roles = (labeled, unlabeled)
     try:
-        return _per_image(method, cfg, dataset, stage, labeled, unlabeled, torch.device("meta"))
+        return _per_image(method, cfg, dataset, stage, *roles, torch.device("meta"), models)
     except Exception:  # noqa: BLE001 - any op without a meta kernel: count for real
-        return _per_image(method, cfg, dataset, stage, labeled, unlabeled, torch.device("cpu"))
+        return _per_image(method, cfg, dataset, stage, *roles, torch.device("cpu"), models)
 
 
 def _per_image(
@@ -154,8 +166,9 @@ def _per_image(
     labeled: bool,
     unlabeled: bool,
     device: torch.device,
+    models: dict | None = None,
 ) -> tuple[float, float]:
-    model = _model(type(method), cfg, dataset, device)
+    model = _model(method, cfg, dataset, device, models)
     set_trainable(model, method, stage)
     model.train()
     count = _counter(model, method, stage, dataset, cfg.data.crop, device)
@@ -169,26 +182,23 @@ def _per_image(
     return 0.0, count(0, n) / n
 
 
-# (method class, model, crop, dropout, channels, classes, device) -> the model counted:
-# built once for all the stages of a method in a plan (a VGG costs a fifth of a second
-# even on meta); emptied by each plan_costs
-_MODELS: dict[tuple, torch.nn.Module] = {}
-
-
 def _model(
-    method_type: type, cfg: DictConfig, dataset: Dataset, device: torch.device
+    method: Method, cfg: DictConfig, dataset: Dataset, device: torch.device, models: dict | None
 ) -> torch.nn.Module:
-    """The method's model as it trains, built once per method, model and device."""
-    key = (method_type, cfg.model.name, cfg.data.crop, cfg.model.dropout, dataset.channels,
-           dataset.num_classes, device.type)  # fmt: skip
-    if key not in _MODELS:
+    """The method's model as it trains: built once for all of its stages in a plan (a
+    VGG costs a fifth of a second even on meta) where given the plan's ``models``."""
+    key = (type(method).__name__, device.type)  # one config per method in a plan
+    if models is None or key not in models:
         with torch.device(device):
             encoder = build_encoder(
                 cfg.model.name, dataset.channels, dataset.num_classes, cfg.data.crop,
                 cfg.model.dropout,
             )  # fmt: skip
-            _MODELS[key] = method_type(cfg).build_model(encoder, dataset)
-    return _MODELS[key]
+            model = method.build_model(encoder, dataset)
+        if models is None:
+            return model
+        models[key] = model
+    return models[key]
 
 
 def _counter(

@@ -34,6 +34,7 @@ from harness.engine.checkpoint import (
     save_checkpoint,
 )
 from harness.engine.context import Context, resolve_device
+from harness.engine.cost import trains
 from harness.engine.evaluate import also_evaluated, final_metrics, val_crops
 from harness.engine.loggers import open_run_log, steps_done
 from harness.engine.loop import run_stage
@@ -224,7 +225,13 @@ def _train_run(
             # killed between checkpoint and CSV: the CSV may lack the last row
             record.write_history(history)
     by_name = {stage.name: stage for stage in stages}
-    trained = [i for i, stage in enumerate(stages) if cfg.schedule[stage.name].epochs > 0]
+    # the stages this run trains itself (not copied from a file or another run): the
+    # last of them is the one that ends with the final model (eval.bn_recompute)
+    trained = [
+        i
+        for i, stage in enumerate(stages)
+        if cfg.schedule[stage.name].epochs > 0 and trains(cfg, spec, stage)
+    ]
     taken = steps_done(history, lambda name: steps_per_epoch(ctx, by_name[name]))
     with open_run_log(record.path, list(cfg.logger), taken, main) as log:
         for index, stage in enumerate(stages):
