@@ -73,6 +73,13 @@ def soft_cross_entropy(scores: torch.Tensor, target_probs: torch.Tensor) -> torc
     return -(target_probs * F.log_softmax(scores.float(), dim=1)).sum(dim=1).mean()
 
 
+def warmed_up_decay(step: int, decay: float) -> float:
+    """min(decay, (1 + k) / (10 + k)) at optimizer step k (from 0): TensorFlow's
+    ExponentialMovingAverage with ``num_updates``. The EMA then forgets its random start
+    within a few hundred steps, where a constant 0.999 keeps 5% of it after 3,000."""
+    return min(decay, (1.0 + step) / (10.0 + step))
+
+
 class EMAEvaluated(Method):
     """A method whose model keeps an EMA copy of its network (``harness.ema.WithEMA``),
     updated after every step with ``ema_decay`` and used for every reported error;
@@ -88,7 +95,10 @@ class EMAEvaluated(Method):
 
     def after_step(self, model: nn.Module, stage: Stage, batch: Batch) -> None:
         assert isinstance(model, WithEMA)
-        model.ema.update(model.encoder, self.ema_decay(batch))
+        decay = self.ema_decay(batch)
+        if self.cfg.optim.ema_warmup:
+            decay = warmed_up_decay(batch.step, decay)
+        model.ema.update(model.encoder, decay)
 
     def eval_model(self, model: nn.Module) -> Encoder:
         assert isinstance(model, WithEMA)

@@ -35,7 +35,7 @@ def test_scalar_given_to_list_key_becomes_a_list():
 @pytest.mark.parametrize(
     "argv, expected",
     [
-        (["suite=nope"], "unknown suite 'nope'; valid choices: digits, fashion_mnist"),
+        (["suite=nope"], "unknown suite 'nope'; valid choices: cifar100_ssl, cifar10_ssl, digits"),
         (
             ["bogus=1"],
             "unknown key in the command line 'bogus'; valid choices: claims, compile, data, "

@@ -61,6 +61,10 @@ ADDED_KEYS: dict[tuple[str, ...], Any] = {
     ("eval", "bn_recompute"): False,  # batch-norm statistics recomputed at the end (issue 33)
     ("compile",): False,  # torch.compile of the training step (issue 32)
     ("data", "svhn_extra"): False,  # SVHN's extra images in the pool (issue 34)
+    ("optim", "nesterov"): False,  # the FixMatch recipe (issue 34)
+    ("data", "pad"): 0,
+    ("optim", "decay_on"): "all",
+    ("optim", "ema_warmup"): False,
 }
 
 

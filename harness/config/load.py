@@ -25,6 +25,7 @@ from harness.cli import Command, key_values
 from harness.columns import ERROR_METRICS
 from harness.config.identity import EXECUTION_KEYS
 from harness.config.schema import (
+    DECAY_SCOPES,
     DEFAULT_SUITE,
     LAUNCHER_NAMES,
     LOGGERS,
@@ -279,6 +280,12 @@ def _check_values(cfg: DictConfig) -> None:
     _choice("device", cfg.device, ("cpu", "cuda", "auto"))
     _choice("optim.name", cfg.optim.name, ("sgd", "adam"))
     _choice("optim.lr_schedule", cfg.optim.lr_schedule, LR_SCHEDULES)
+    _choice("optim.decay_on", cfg.optim.decay_on, DECAY_SCOPES)
+    if cfg.optim.nesterov and (cfg.optim.name != "sgd" or cfg.optim.momentum <= 0):
+        raise UsageError(
+            f"optim.nesterov=true needs optim.name=sgd with optim.momentum > 0, got "
+            f"optim.name={cfg.optim.name} optim.momentum={cfg.optim.momentum}"
+        )
     _choice("data.loader", cfg.data.loader, ("auto", "ffcv", "torchvision"))
     _choice("launcher", cfg.launcher, LAUNCHER_NAMES)
     for name in cfg.logger:
@@ -302,6 +309,7 @@ def _check_values(cfg: DictConfig) -> None:
         if value < 1:
             raise UsageError(f"{key} must be a positive integer, got {value}")
     at_least_zero = {
+        "data.pad": cfg.data.pad,
         "optim.momentum": cfg.optim.momentum,
         "optim.weight_decay": cfg.optim.weight_decay,
         "optim.grad_clip": cfg.optim.grad_clip,

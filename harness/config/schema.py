@@ -24,7 +24,8 @@ LOGGERS = ("csv", "tensorboard")
 # the suite's random crop + flip, or that then RandAugment + Cutout (harness.data.randaugment)
 AUGMENTATIONS = ("none", "weak", "strong")
 # harness.engine.loop.make_scheduler
-LR_SCHEDULES = ("cosine", "constant", "linear_last_third", "exponential")
+LR_SCHEDULES = ("cosine", "constant", "linear_last_third", "exponential", "cosine_7_16")
+DECAY_SCOPES = ("all", "weights")
 
 
 @dataclass
@@ -34,6 +35,9 @@ class DataConfig:
     resize: int = 16  # images are stored at resize x resize (shorter side, then center square)
     crop: int = 14  # network input: random crops for training, the center crop for single-crop eval
     hflip: bool = False  # random horizontal flips in training (not for digits or letters)
+    # training crops are drawn from the image padded by this many pixels on each side
+    # with its mirror image (FixMatch's weak view: 4 px at 32, translations of 12.5%)
+    pad: int = 0
     num_workers: int = 0  # loader processes (FFCV: threads) for datasets read from disk
     # how imagenet is read: ffcv (data.beton) | torchvision (ImageFolder + PIL, data.path) |
     # auto = ffcv where it is installed and data.beton is set; resolved before run ids
@@ -69,16 +73,29 @@ class StageSchedule:
 class OptimConfig:
     name: str = "sgd"  # sgd | adam
     momentum: float = 0.9
+    # Nesterov momentum (sgd only): google-research/fixmatch's and USB's optimizer
+    nesterov: bool = False
     weight_decay: float = 5e-4
+    # what weight_decay applies to: all (every trained parameter) | weights (conv and
+    # linear weights, the parameters of two or more dimensions; biases and batch-norm
+    # scales and shifts undecayed, as google-research/fixmatch decays only 'kernel'
+    # variables and USB skips bias and batch norm)
+    decay_on: str = "all"
     batch_size: int = 64  # labeled images per step
     unlabeled_batch_size: int = 64  # unlabeled images per step, for stages that use the pool
     # applied within each stage: cosine (1 -> 0) | constant | linear_last_third (constant,
     # then linear to 0 over the stage's last third) | exponential (x lr_decay per epoch)
     lr_schedule: str = "cosine"
+    # cosine_7_16: the rate times cos(7 pi k / 16 K) at step k of K (FixMatch's decay: it
+    # ends at cos(7 pi / 16) = 0.195 of the rate, not 0)
     # lr_schedule=exponential: the rate is multiplied by this after every epoch of the stage
     # (e.g. 0.9, suites/mnist_vat.yaml); in (0, 1]. Read by no other schedule
     lr_decay: float = 1.0
     grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off
+    # an EMA-evaluated method's decay at step k becomes min(decay, (1 + k) / (10 + k)),
+    # so the evaluated average of a short run is not mostly its random start
+    # (0.999^3000 = 5%); TensorFlow's ExponentialMovingAverage with num_updates
+    ema_warmup: bool = False
 
 
 @dataclass

@@ -16,6 +16,7 @@ from harness.data.loaders import (
     epoch_batches,
     load_batches,
     normalize,
+    reflect_pad,
 )
 from harness.data.randaugment import rand_augment
 from harness.data.splits import Split, budget_key, draw_split, load_or_store_split
@@ -27,6 +28,7 @@ __all__ = [
     "Split",
     "UNLABELED",
     "augment_batch",
+    "reflect_pad",
     "budget_key",
     "center_crop",
     "center_crop_batches",

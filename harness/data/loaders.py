@@ -195,6 +195,23 @@ def center_crop(images: torch.Tensor, crop: int) -> torch.Tensor:
     return images[..., top : top + crop, left : left + crop]
 
 
+def reflect_pad(images: torch.Tensor, pad: int) -> torch.Tensor:
+    """``images`` (N, C, H, W, any dtype) padded by ``pad`` pixels on each side with
+    their mirror image (the edge pixel not repeated, as numpy's and TensorFlow's
+    ``reflect``): FixMatch's weak view is a random crop of the image padded this way."""
+    if pad == 0:
+        return images
+    height, width = images.shape[-2:]
+    if pad >= min(height, width):
+        raise ValueError(f"a reflect pad of {pad} needs images larger than {pad} px")
+
+    def mirrored(size: int) -> torch.Tensor:
+        index = torch.arange(-pad, size + pad).abs()
+        return torch.where(index >= size, 2 * (size - 1) - index, index).to(images.device)
+
+    return images[:, :, mirrored(height)][:, :, :, mirrored(width)]
+
+
 def augment_batch(
     images: torch.Tensor,
     crop: int,

@@ -15,6 +15,7 @@ from harness.data import (
     center_crop,
     normalize,
     rand_augment,
+    reflect_pad,
 )
 from harness.engine import distributed
 from harness.method import Stage
@@ -81,7 +82,11 @@ class Context:
             images = center_crop(images, self.cfg.data.crop)
         else:
             images = augment_batch(
-                images, self.cfg.data.crop, self.cfg.data.hflip, generator, **where
+                reflect_pad(images, self.cfg.data.pad),
+                self.cfg.data.crop,
+                self.cfg.data.hflip,
+                generator,
+                **where,
             )
         if view == "strong":
             images = rand_augment(images, generator, **where)

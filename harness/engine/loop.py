@@ -193,21 +193,34 @@ def train_one_epoch(
 
 
 def make_optimizer(cfg: DictConfig, params: Any, lr: float) -> torch.optim.Optimizer:
+    """The stage's optimizer over the trainable ``params``. With ``optim.decay_on=weights``
+    weight decay reaches only the parameters of two or more dimensions (conv and linear
+    weights): decaying batch-norm scales and biases toward zero is what the FixMatch
+    reference avoids (it decays 'kernel' variables only)."""
     params = [p for p in params if p.requires_grad]
+    decay = cfg.optim.weight_decay
+    groups: list[dict[str, Any]] = [{"params": params, "weight_decay": decay}]
+    if cfg.optim.decay_on == "weights":
+        groups = [
+            {"params": [p for p in params if p.ndim > 1], "weight_decay": decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        ]
+        groups = [group for group in groups if group["params"]] or groups[:1]
     if cfg.optim.name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.optim.weight_decay)
+        return torch.optim.Adam(groups, lr=lr)
     return torch.optim.SGD(
-        params, lr=lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
+        groups, lr=lr, momentum=cfg.optim.momentum, nesterov=bool(cfg.optim.nesterov)
     )
 
 
 def make_scheduler(
     cfg: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int, per_epoch: int = 0
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step LR factor: cosine from 1 to 0 over the stage, constant, constant and
-    then linear to 0 over the last third (``linear_last_third``), or ``optim.lr_decay``
-    to the power of the epochs done (``exponential``: the rate multiplied by it after
-    each epoch), which needs the stage's steps ``per_epoch``."""
+    """Per-step LR factor: cosine from 1 to 0 over the stage, cos(7πk/16K) at step k
+    of K (``cosine_7_16``, FixMatch's), constant, constant and then linear to 0 over
+    the last third (``linear_last_third``), or ``optim.lr_decay`` to the power of the
+    epochs done (``exponential``: the rate multiplied by it after each epoch), which
+    needs the stage's steps ``per_epoch``."""
     if cfg.optim.lr_schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     if cfg.optim.lr_schedule == "exponential":
@@ -218,6 +231,10 @@ def make_scheduler(
             optimizer, lambda step: decay ** (step // per_epoch)
         )
     total = max(total_steps, 1)
+    if cfg.optim.lr_schedule == "cosine_7_16":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: math.cos(7 * math.pi * min(step, total) / (16 * total))
+        )
     if cfg.optim.lr_schedule == "linear_last_third":
         decay = max(total // 3, 1)  # the last third's steps
         return torch.optim.lr_scheduler.LambdaLR(

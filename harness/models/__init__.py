@@ -4,7 +4,8 @@
 ``build_encoder``, ``classifier_of``), ``macro`` (macro-layer specs, ``Encoding``
 and the encoder pass a mirror network reads), ``dense`` (fc layers as convolutions),
 ``vgg`` (vgg16, vgg_small_2, vgg_small_3), ``alexnet`` (alexnet), ``mlp`` (mlp),
-``conv_large`` (conv_large) and ``wrn`` (wrn_28_2), the consistency methods' backbones.
+``conv_large`` (conv_large) and ``wrn`` (wrn_28_2, wrn_28_8, wrn_37_2), the consistency
+methods' backbones, and ``resnet`` (resnet50), the ImageNet semi-supervised one.
 Importing this package registers every model.
 """
 
@@ -32,6 +33,7 @@ from harness.models.macro import (
     Tap,
 )
 from harness.models.mlp import MLP
+from harness.models.resnet import ResNet50
 from harness.models.vgg import ARCHITECTURES, VGG, Architecture, load_torchvision_vgg
 from harness.models.wrn import WideResNet
 
@@ -45,6 +47,7 @@ __all__ = [
     "SWITCHES",
     "VGG",
     "WideResNet",
+    "ResNet50",
     "AlexNet",
     "ConvLarge",
     "Architecture",
