@@ -34,7 +34,6 @@ from harness.lock import is_held
 from harness.method import check_model, get_method
 from harness.models import build_encoder, require
 from harness.plan import RunSpec, make_plan
-from harness.report import build_report, print_report
 from harness.store import run_record
 
 
@@ -225,6 +224,10 @@ def _main(argv: list[str]) -> int:
     if not outcome.finished:  # submitted to SLURM: its report job writes the report
         print(f"run records: {suite_dir}/<run_id>/", file=sys.stderr)
         return 0
+    # imported here: pandas, scipy and seaborn are a second and a half of every start,
+    # and a bad key, a dry run or a run that fails needs none of them
+    from harness.report import build_report, print_report
+
     print_report(cfg, build_report(cfg, plan))
     print(f"run records: {suite_dir}/<run_id>/", file=sys.stderr)
     counts = tally(plan, cfg)

@@ -249,10 +249,13 @@ def test_alexnet_trains_every_decoding_variant_and_inverts_from_its_eight_layers
         "schedule.pretrain.epochs=12",
         "schedule.pretrain.steps=5",
         "eval.every=4",  # val is not what this test reads
-        "schedule.decoder_layerwise.epochs=2",
-        "schedule.decoder_topdown.epochs=2",
+        "schedule.decoder_layerwise.epochs=1",
+        "schedule.decoder_layerwise.steps=4",
+        "schedule.decoder_topdown.epochs=1",
+        "schedule.decoder_topdown.steps=4",
         "schedule.finetune.epochs=2",
         "schedule.finetune.steps=5",
+        "report.plots=false",
         f"results={tmp_path}",
     ]
     weights = run_cli(*args, "methods=[swwae_first]")

@@ -14,6 +14,7 @@ reads them, and nothing else in the engine needs to know.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -180,6 +181,20 @@ def _in_memory(name: str, train: ImageSet, val: ImageSet, classes: tuple[str, ..
     return Dataset(name, train, val, classes, int(train.images.shape[1]), mean, std)
 
 
+def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
+    """(images 1797 x 8 x 8 in 0..16, labels) from the file scikit-learn ships
+    (``sklearn/datasets/data/digits.csv.gz``, 64 pixels and the label a row), the values
+    ``sklearn.datasets.load_digits`` returns: read directly, because importing
+    scikit-learn (scipy, and pandas where installed) costs a second and a half of every
+    process that trains on digits."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise UsageError("dataset digits needs scikit-learn (pip install scikit-learn)")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    rows = np.loadtxt(path, delimiter=",")
+    return rows[:, :-1].reshape(-1, 8, 8), rows[:, -1].astype(np.int64)
+
+
 @register_dataset("digits")
 def load_digits(args: _Args) -> Dataset:
     """scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes).
@@ -187,12 +202,9 @@ def load_digits(args: _Args) -> Dataset:
     There is no official split: every 4th image (index % 4 == 3) is val, a fixed
     rule that needs no RNG and keeps classes balanced.
     """
-    from sklearn.datasets import load_digits as sklearn_digits  # heavy: the digits set alone
-
-    bunch = sklearn_digits()
-    pixels = torch.from_numpy((bunch.images * (255.0 / 16.0)).round().astype(np.uint8))
+    values, targets = _sklearn_digits()
+    pixels = torch.from_numpy((values * (255.0 / 16.0)).round().astype(np.uint8))
     images = _resize_square(pixels[:, None], args.resize)
-    targets = bunch.target.astype(np.int64)
     is_val = np.arange(len(targets)) % 4 == 3
     train = ImageSet(targets[~is_val], images=images[torch.from_numpy(~is_val)])
     val = ImageSet(targets[is_val], images=images[torch.from_numpy(is_val)])

@@ -25,7 +25,6 @@ from omegaconf import DictConfig, OmegaConf
 from harness.engine.lifecycle import train_run
 from harness.errors import UsageError
 from harness.plan import RunSpec
-from harness.report import build_report
 
 
 def job_config(cfg: DictConfig) -> dict[str, Any]:
@@ -95,6 +94,8 @@ class ReportJob:
     config: dict[str, Any]
 
     def __call__(self) -> str:
+        from harness.report import build_report  # the report job's own import
+
         return str(build_report(_load(self.config), list(self.plan)).folder)
 
 
