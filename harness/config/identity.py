@@ -26,6 +26,7 @@ from harness.config.settings import method_sections
 # a run computes: never in a run id
 EXECUTION_KEYS = (
     "suite",
+    "plugins",  # which code registers a method; its name is in the id
     "description",
     "methods",
     "labels",

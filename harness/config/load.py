@@ -40,19 +40,26 @@ from harness.config.settings import method_sections
 from harness.data import budget_key
 from harness.errors import UsageError, unknown
 from harness.method import available_methods
+from harness.plugins import use_plugins
 
-_LIST_KEYS = ("methods", "labels", "seeds", "logger")
+_LIST_KEYS = ("methods", "labels", "seeds", "logger", "plugins")
 # keys a `per_method` entry may not set: they plan, launch, log or report the whole suite
 # (every key a run id leaves out, and the evaluation's batch size)
 PER_METHOD_REFUSED = (*EXECUTION_KEYS, "eval")
 
 
-@cache
 def suite_schema() -> type:
-    """``SuiteConfig`` with every method family's settings section added."""
+    """``SuiteConfig`` with every method family's settings section added (a plugin
+    imported later adds its own)."""
+    return _schema_with(tuple(method_sections()))
+
+
+@cache
+def _schema_with(names: tuple[str, ...]) -> type:
+    sections = method_sections()
     extra = [
-        (name, section.schema, dataclasses.field(default_factory=section.schema))
-        for name, section in method_sections().items()
+        (name, sections[name].schema, dataclasses.field(default_factory=sections[name].schema))
+        for name in names
     ]
     return dataclasses.make_dataclass("Suite", extra, bases=(SuiteConfig,))
 
@@ -151,6 +158,7 @@ def load_config(argv: list[str]) -> DictConfig:
         raise UsageError(f"suite file {str(path)!r} must hold a mapping of keys")
     suite_yaml["suite"] = path.stem
     _entries_are_lists(suite_yaml, f"suite file {path.name}")
+    _import_plugins_named(suite_yaml.get("plugins"), rest)
     cfg = OmegaConf.structured(suite_schema())
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.create(suite_yaml))
@@ -173,6 +181,24 @@ def load_config(argv: list[str]) -> DictConfig:
     OmegaConf.set_readonly(cfg, True)
     _check_per_method(cfg)
     return cfg
+
+
+def _import_plugins_named(in_suite: object, overrides: list[str]) -> None:
+    """Import the user's modules of the ``plugins`` key (the command line's over the
+    suite's) before the schema is built: they may add settings sections and methods."""
+    modules = in_suite if in_suite is not None else []
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key == "plugins":
+            try:
+                modules = yaml.safe_load(value)
+            except yaml.YAMLError:
+                modules = value
+    if isinstance(modules, str):
+        modules = [modules]
+    if not isinstance(modules, list):
+        raise UsageError(f"plugins must be a list of module names, got {modules!r}")
+    use_plugins(modules)
 
 
 def config_for(cfg: DictConfig, method: str) -> DictConfig:

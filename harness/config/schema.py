@@ -191,6 +191,9 @@ class SuiteConfig:
     methods: list[str] = field(default_factory=lambda: ["baseline"])  # or ["all"]
     labels: list[Any] = field(default_factory=lambda: [100])  # total count (int) or fraction
     seeds: list[int] = field(default_factory=lambda: [0])  # split seed = train seed
+    # modules of the user's own code to import first: they register methods, models,
+    # datasets (harness.plugins); installed packages use the entry points instead
+    plugins: list[str] = field(default_factory=list)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -5,6 +5,7 @@ from harness.data.datasets import (
     UNLABELED,
     Dataset,
     ImageSet,
+    in_memory_dataset,
     load_dataset,
     register_dataset,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "center_crop_batches",
     "cycled_batches",
     "draw_split",
+    "in_memory_dataset",
     "epoch_batches",
     "load_batches",
     "load_dataset",

@@ -112,6 +112,9 @@ def register_dataset(name: str) -> Callable[[Loader], Loader]:
 
 def load_dataset(data_cfg: DictConfig) -> Dataset:
     """Load (once per process) the dataset a suite's ``data`` section names."""
+    from harness.plugins import installed_plugins  # a user's package may add datasets
+
+    installed_plugins()
     if data_cfg.name not in DATASETS:
         raise unknown("dataset (data.name)", data_cfg.name, DATASETS)
     # load_config resolved data.loader; a bare data section (tests) reads files with PIL
@@ -173,6 +176,17 @@ def _stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
         # the unbiased variance, from exact integers (Python's int / int rounds once)
         std.append(round(math.sqrt((square * n - total * total) / (n * (n - 1))) / 255, 6))
     return tuple(mean), tuple(std)
+
+
+def in_memory_dataset(
+    name: str, train: ImageSet, val: ImageSet, classes: tuple[str, ...]
+) -> Dataset:
+    """A dataset held in memory (uint8 images at the suite's ``data.resize``), its mean and
+    std the training pixels': what a ``@register_dataset`` loader returns, ours or a
+    plugin's (harness.plugins)."""
+    if train.images is None or val.images is None:
+        raise ValueError(f"dataset {name}: an in-memory dataset needs images for train and val")
+    return _in_memory(name, train, val, classes)
 
 
 def _in_memory(name: str, train: ImageSet, val: ImageSet, classes: tuple[str, ...]) -> Dataset:

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness.engine.lifecycle import train_run
 from harness.errors import UsageError
 from harness.plan import RunSpec
+from harness.plugins import use_plugins
 
 
 def job_config(cfg: DictConfig) -> dict[str, Any]:
@@ -40,6 +41,8 @@ def job_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _load(config: dict[str, Any]) -> DictConfig:
+    """A job's config, the user's plugin modules imported (a fresh process has not)."""
+    use_plugins(config.get("plugins", ()))
     cfg = OmegaConf.create(config)
     OmegaConf.set_readonly(cfg, True)
     return cfg
