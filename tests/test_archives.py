@@ -489,3 +489,26 @@ def test_svhn_extra_is_in_a_run_id_only_where_on_and_is_set_for_the_whole_suite(
     assert run_relevant(on, ["pretrain", "finetune"])["data"]["svhn_extra"] is True
     with pytest.raises(UsageError, match=r"per_method.baseline.data.svhn_extra: every method"):
         load_config([f"suite={suite}", "per_method={baseline: {data: {svhn_extra: true}}}"])
+
+
+def test_stl10s_fold_budget_labels_the_predefined_fold_of_each_seed(root, tmp_path):
+    """``labels=[fold]``: STL-10's 1,000-label protocol, fold ``seed`` of
+    ``fold_indices.txt`` labeled, every other training image and the unlabeled set in
+    the pool; stored and hash-checked like every split."""
+    dataset = load_dataset(data_cfg("stl10", root))
+    lines = (root / "stl10_binary" / "fold_indices.txt").read_text().splitlines()
+    for seed in (0, 3):
+        split = load_or_store_split(tmp_path, dataset, "fold", seed)
+        fold = np.array(lines[seed].split(), dtype=np.int64)
+        assert split.labeled.tolist() == sorted(fold.tolist())
+        assert len(split.unlabeled) == len(dataset.train) - len(fold)
+        assert (
+            load_or_store_split(tmp_path, dataset, "fold", seed).content_hash == split.content_hash
+        )
+    with pytest.raises(
+        UsageError, match=r"seed 10 is not one of stl10's folds; valid: seeds in 0..9"
+    ):
+        draw_split(dataset, "fold", 10)
+    cifar = load_dataset(data_cfg("cifar10", root))
+    with pytest.raises(UsageError, match="but dataset 'cifar10' has none"):
+        draw_split(cifar, "fold", 0)

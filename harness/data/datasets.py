@@ -17,7 +17,7 @@ import hashlib
 import importlib.util
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from harness.data.archives import (
     archive_folder,
     read_cifar,
     read_stl10,
+    read_stl10_folds,
     read_svhn,
 )
 from harness.data.files import (
@@ -77,6 +78,9 @@ class Dataset:
     channels: int
     mean: tuple[float, ...]  # per channel, in [0, 1] units
     std: tuple[float, ...]
+    # predefined labeled subsets (training-image indices), the budget ``fold`` draws
+    # fold ``seed``: STL-10's fold_indices.txt; None where the dataset has none
+    folds: tuple[np.ndarray, ...] | None = field(default=None, compare=False)
 
     @property
     def num_classes(self) -> int:
@@ -362,8 +366,11 @@ def load_svhn(args: _Args) -> Dataset:
 def load_stl10(args: _Args) -> Dataset:
     """STL-10's binary version (``stl10_binary/``): 5k labeled train images, then the
     100k unlabeled ones (in every split's pool, never labeled), the 8k test set as val."""
-    parts = read_stl10(archive_folder("stl10", args.path))
-    return _archive_dataset("stl10", parts, STL10_CLASSES, args.resize, ("unlabeled",))
+    folder = archive_folder("stl10", args.path)
+    parts = read_stl10(folder)
+    dataset = _archive_dataset("stl10", parts, STL10_CLASSES, args.resize, ("unlabeled",))
+    folds = read_stl10_folds(folder, len(parts["train"]))
+    return dataset if folds is None else replace(dataset, folds=tuple(folds))
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")

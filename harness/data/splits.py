@@ -52,6 +52,9 @@ def split_hash(labeled: np.ndarray, train_size: int) -> str:
 LIST_SUFFIX = ".txt"
 
 
+FOLD_BUDGET = "fold"
+
+
 def is_list_budget(key: str) -> bool:
     return key.endswith(LIST_SUFFIX)
 
@@ -66,8 +69,11 @@ def every_image_labeled(budget: str, pool_only: int = 0) -> bool:
 
 
 def budget_key(budget: object) -> str:
-    """A label budget's canonical text: ``100`` (a total count), ``0.1`` (a fraction), or
-    the absolute path of a list of labeled file names (``*.txt``)."""
+    """A label budget's canonical text: ``100`` (a total count), ``0.1`` (a fraction),
+    ``fold`` (the dataset's predefined fold number ``seed``: STL-10's 1,000-label
+    protocol), or the absolute path of a list of labeled file names (``*.txt``)."""
+    if budget == FOLD_BUDGET:
+        return FOLD_BUDGET
     if isinstance(budget, str) and budget.endswith(LIST_SUFFIX):
         return str(Path(budget).expanduser().resolve())
     if isinstance(budget, bool):
@@ -86,7 +92,8 @@ def budget_key(budget: object) -> str:
                 pass
     raise UsageError(
         f"label budget {budget!r} must be a count (int) or a fraction in (0, 1], "
-        f"or a file of labeled image names (*{LIST_SUFFIX})"
+        f"{FOLD_BUDGET!r} (a dataset's predefined folds), or a file of labeled image names "
+        f"(*{LIST_SUFFIX})"
     )
 
 
@@ -122,6 +129,23 @@ def read_subset_list(path: Path, dataset: Dataset) -> np.ndarray:
     return np.sort(np.fromiter((index[n] for n in names), np.int64, len(names)))
 
 
+def predefined_fold(dataset: Dataset, seed: int) -> np.ndarray:
+    """The sorted training indices of ``dataset``'s fold number ``seed`` (the budget
+    ``fold``: STL-10's 10 folds of 1,000 from its ``fold_indices.txt``)."""
+    if dataset.folds is None:
+        raise UsageError(
+            f"label budget {FOLD_BUDGET!r} labels a dataset's predefined folds (STL-10's "
+            f"fold_indices.txt), but dataset {dataset.name!r} has none; valid: a count, a "
+            "fraction or a list"
+        )
+    if not 0 <= seed < len(dataset.folds):
+        raise UsageError(
+            f"label budget {FOLD_BUDGET!r} takes fold number seed, but seed {seed} is not one "
+            f"of {dataset.name}'s folds; valid: seeds in 0..{len(dataset.folds) - 1}"
+        )
+    return np.sort(dataset.folds[seed]).astype(np.int64)
+
+
 def per_class_counts(budget: str, class_sizes: np.ndarray) -> np.ndarray:
     """How many labeled images of each class a budget asks for; UsageError if impossible."""
     classes = len(class_sizes)
@@ -150,8 +174,11 @@ def draw_split(dataset: Dataset, budget: object, seed: int) -> Split:
     """The split for (dataset, budget, seed); pure, so it can validate without writing."""
     key = budget_key(budget)
     targets = dataset.train.targets
-    if is_list_budget(key):
-        labeled = read_subset_list(Path(key), dataset)
+    if is_list_budget(key) or key == FOLD_BUDGET:
+        if key == FOLD_BUDGET:
+            labeled = predefined_fold(dataset, seed)
+        else:
+            labeled = read_subset_list(Path(key), dataset)
         unlabeled = np.setdiff1d(np.arange(len(targets)), labeled).astype(np.int64)
         return Split(labeled, unlabeled, key, seed, dataset.fingerprint)
     class_sizes = np.bincount(targets[targets != UNLABELED], minlength=dataset.num_classes)
