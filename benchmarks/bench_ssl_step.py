@@ -48,14 +48,27 @@ from harness.models import build_encoder  # noqa: E402
 from harness.plan import RunSpec  # noqa: E402
 from harness.seeding import torch_generator  # noqa: E402
 
-METHODS = ("baseline", "pseudo_label", "pi_model", "mean_teacher", "vat", "mixmatch", "fixmatch")
+METHODS = (
+    "baseline",
+    "pseudo_label",
+    "pi_model",
+    "mean_teacher",
+    "vat",
+    "mixmatch",
+    "fixmatch",
+    "flexmatch",
+    "freematch",
+    "softmatch",
+)
+# FixMatch's descendants at the suite's FixMatch ratio (mnist_ssl: mu 3)
+MU = ["flexmatch.mu=3", "freematch.mu=3", "softmatch.mu=3"]
 
 
 def suite_args() -> list[str]:
     mnist = (Path(MNIST_DEFAULT).expanduser() / "train-images-idx3-ubyte").is_file()
     if mnist:
-        return ["suite=mnist_ssl"]
-    return ["schedule.train.epochs=1", "optim.unlabeled_batch_size=96", "fixmatch.mu=3"]
+        return ["suite=mnist_ssl", *MU]
+    return ["schedule.train.epochs=1", "optim.unlabeled_batch_size=96", "fixmatch.mu=3", *MU]
 
 
 def context(cfg, dataset) -> Context:
@@ -79,7 +92,9 @@ def batch_for(ctx: Context, method, generator: torch.Generator) -> Batch:
     y = torch.from_numpy(ctx.dataset.train.targets[:n])
     pool = images[n : n + m]
     u = [ctx.prepare(pool, generator, m, view) for view in method.unlabeled_views]
-    return Batch(x=x, y=y, u=u if any(s.unlabeled for s in method.stages()) else [])
+    batch = Batch(x=x, y=y, u=u if any(s.unlabeled for s in method.stages()) else [])
+    batch.u_index, batch.pool_size = torch.arange(m), m  # FlexMatch's records
+    return batch
 
 
 def setup(name: str, cfg, dataset):

@@ -103,6 +103,10 @@ class Batch:
     # this step's index in its stage (from 0) and the stage's steps: ramp-ups read them
     step: int = 0
     total_steps: int = 1
+    # where this rank's unlabeled images sit in the split's pool (0 .. pool_size - 1), for
+    # a method that keeps a record per pool image (FlexMatch's pseudo-labels)
+    u_index: torch.Tensor | None = None
+    pool_size: int = 0
 
     @property
     def progress(self) -> float:

@@ -124,7 +124,13 @@ def stage_batches(
     for full, (u, _hidden_labels) in zip(pool, load(pool), strict=True):
         read.unlabeled += len(full)
         views = [ctx.prepare(u, generator, len(full), v) for v in method.unlabeled_views]
-        batch = Batch(u=views, share=share(full))
+        where = np.searchsorted(ctx.split.unlabeled, distributed.shard(full, ctx.place))
+        batch = Batch(
+            u=views,
+            share=share(full),
+            u_index=torch.from_numpy(where).to(ctx.device),
+            pool_size=len(ctx.split.unlabeled),
+        )
         if labeled is not None:
             x, y = next(labeled)
             read.labeled += cfg.optim.batch_size

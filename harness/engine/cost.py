@@ -17,6 +17,7 @@ model, input size, stage) and scaled by each run's images.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,12 +219,14 @@ def _counter(
         views = [torch.randn(unlabeled, *shape, device=device) for _ in method.unlabeled_views]
         # mid-stage, so a ramped-up term is computed as most steps compute it
         batch = Batch(x=x, y=y, u=views if unlabeled else [], step=1, total_steps=2)
+        batch.u_index, batch.pool_size = torch.arange(unlabeled, device=device), unlabeled
+        # a copy: a method's running state (FlexMatch's records) must not keep this step
+        counted = copy.deepcopy(method)
         counter = FlopCounterMode(display=False)
         with counter:
-            loss = sum(method.loss(model, stage, batch).values())
+            loss = sum(counted.loss(model, stage, batch).values())
             if isinstance(loss, torch.Tensor) and loss.requires_grad:
                 loss.backward()
-        method.pop_scalars()
         model.zero_grad(set_to_none=True)
         return counter.get_total_flops()
 

@@ -142,3 +142,21 @@ def block(indices: np.ndarray, place: World) -> np.ndarray:
     if not place.active:
         return indices
     return np.array_split(indices, place.size)[place.rank]
+
+
+def all_rows(local: torch.Tensor, place: World | None = None) -> torch.Tensor:
+    """Rank r holds rows r, r+w, ... of one batch (``shard``): the whole batch, in
+    order, on every rank, on ``local``'s device. A method's running statistics
+    (FlexMatch's records, FreeMatch's thresholds) then move the same on every rank,
+    as on one process."""
+    place = place or world()
+    if not place.active:
+        return local
+    parts: list[torch.Tensor | None] = [None] * place.size
+    dist.all_gather_object(parts, local.detach().cpu())
+    total = sum(len(part) for part in parts if part is not None)
+    out = torch.empty((total, *local.shape[1:]), dtype=local.dtype)
+    for rank, part in enumerate(parts):
+        assert part is not None
+        out[rank :: place.size] = part
+    return out.to(local.device)

@@ -1,0 +1,62 @@
+"""Distribution alignment (Berthelot et al. 2020, ReMixMatch §3.2): the unlabeled
+batch's class probabilities multiplied by p_target / p_model and renormalized, where
+p_model is a running mean of the model's predictions on unlabeled images. SoftMatch
+uses it with a uniform target; ReMixMatch, AdaMatch, CoMatch and SimMatch with the
+labeled data's class distribution. Its state is a method's (``state_dict``), so it is
+in every checkpoint and a resumed run aligns as the uninterrupted one.
+
+As USB's ``DistAlignEMAHook`` (semilearn/algorithms/hooks/dist_align.py): p_model
+starts at the first batch's mean, then moves as an EMA with ``momentum``; p_target is
+uniform, or (``target="labeled"``) an EMA of the labeled batches' predictions from
+uniform; 1e-6 keeps an unseen class from dividing by zero.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from harness.engine.distributed import all_rows
+
+TARGETS = ("uniform", "labeled")
+
+
+class DistributionAlignment:
+    """p_target / p_model reweighting of class probabilities, with its running state."""
+
+    def __init__(self, num_classes: int, momentum: float, target: str = "uniform"):
+        if target not in TARGETS:
+            raise ValueError(f"unknown alignment target {target!r}; valid: {', '.join(TARGETS)}")
+        self.momentum = momentum
+        self.target = target
+        self.p_target = torch.full((num_classes,), 1.0 / num_classes)
+        self.p_model: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def __call__(
+        self, probs_unlabeled: torch.Tensor, probs_labeled: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Update the running means with this step's batches (all ranks' rows), then
+        return ``probs_unlabeled`` aligned."""
+        unlabeled = all_rows(probs_unlabeled.detach().float())
+        self.p_target = self.p_target.to(unlabeled.device)
+        mean = unlabeled.mean(dim=0)
+        if self.p_model is None:
+            self.p_model = mean
+        else:
+            self.p_model = self.p_model.to(mean.device) * self.momentum + mean * (1 - self.momentum)
+        if self.target == "labeled":
+            if probs_labeled is None:
+                raise ValueError("alignment to the labeled distribution needs its probabilities")
+            labeled = all_rows(probs_labeled.detach().float()).mean(dim=0)
+            self.p_target = self.p_target * self.momentum + labeled * (1 - self.momentum)
+        aligned = probs_unlabeled.float() * (self.p_target + 1e-6) / (self.p_model + 1e-6)
+        return aligned / aligned.sum(dim=-1, keepdim=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        model = None if self.p_model is None else self.p_model.cpu()
+        return {"p_model": model, "p_target": self.p_target.cpu()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.p_model, self.p_target = state["p_model"], state["p_target"]

@@ -1,0 +1,261 @@
+"""FlexMatch, FreeMatch and SoftMatch (issue 35): each one's targets and weights equal a
+hand computation written from USB's reference code, their terms train the network and
+nothing else, their running state survives a checkpoint bit for bit, and they run
+through the CLI in process, after a SIGKILL, and as SLURM jobs."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from harness.alignment import DistributionAlignment
+from harness.errors import UsageError
+from harness.method import Batch, Stage
+from methods.freematch import fairness_term
+from tests.conftest import assert_same_run, kill_when, run_cli
+from tests.test_ssl import SHORT, _records, built, digits, real_batch
+
+ADAPTIVE = ("flexmatch", "freematch", "softmatch")
+TRAIN = Stage("train", unlabeled=True)
+SHORT_MU = ["flexmatch.mu=2", "freematch.mu=2", "softmatch.mu=2"]
+
+
+def probs_batch(rows: list[list[float]]) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+# ------------------------------------------------------------------ terms and gradients
+
+
+@pytest.mark.parametrize("name", ADAPTIVE)
+def test_each_ones_terms_are_finite_and_train_the_network_not_its_ema(name):
+    cfg, dataset = digits(*SHORT_MU)
+    method, model = built(cfg, dataset, name)
+    batch = real_batch(cfg, dataset, method.unlabeled_views, unlabeled=64)
+    batch.u_index, batch.pool_size = torch.arange(64), 100
+    terms = method.loss(model, TRAIN, batch)
+    expected = {"cls", "pseudo", "fairness"} if name == "freematch" else {"cls", "pseudo"}
+    assert set(terms) == expected
+    assert all(v.dim() == 0 and math.isfinite(v.item()) for v in terms.values())
+    sum(terms.values()).backward()
+    trained = list(method.parameters(model, TRAIN))
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in trained)
+    assert all(p.grad is None for p in model.ema.parameters())
+    state = method.state_dict()
+    assert state and all(
+        not t.requires_grad for t in _tensors(state)
+    )  # running statistics, never trained
+
+
+def _tensors(state: dict) -> list[torch.Tensor]:
+    found = []
+    for value in state.values():
+        found += _tensors(value) if isinstance(value, dict) else [value]
+    return [t for t in found if isinstance(t, torch.Tensor)]
+
+
+# ------------------------------------------------------------------ hand computations
+
+
+def flexmatch_by_hand(steps, pool_size, classes, tau, warmup=True):
+    """USB's FlexMatchThresholdingHook, transcribed: a Counter over the records."""
+    selected = [-1] * pool_size
+    acc = [0.0] * classes
+    masks = []
+    for probs, index in steps:
+        mask = []
+        for row in probs.tolist():
+            top = max(row)
+            c = row.index(top)
+            mask.append(1.0 if top >= tau * (acc[c] / (2.0 - acc[c])) else 0.0)
+        for row, i in zip(probs.tolist(), index, strict=True):
+            if max(row) >= tau:
+                selected[i] = row.index(max(row))
+        counter = Counter(selected)
+        if max(counter.values()) < pool_size:
+            if warmup:
+                acc = [counter[c] / max(counter.values()) for c in range(classes)]
+            else:
+                without = {k: v for k, v in counter.items() if k != -1}
+                acc = [counter[c] / max(without.values()) for c in range(classes)]
+        masks.append(mask)
+    return masks, selected
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+def test_flexmatchs_class_thresholds_follow_the_records_as_the_reference(warmup):
+    cfg, _ = digits(f"flexmatch.warmup={str(warmup).lower()}", "flexmatch.threshold=0.8")
+    method, _ = built(cfg, digits()[1], "flexmatch")
+    steps = [
+        (probs_batch([[0.9, 0.05, 0.05], [0.3, 0.4, 0.3], [0.1, 0.85, 0.05]]), [0, 1, 2]),
+        (probs_batch([[0.5, 0.45, 0.05], [0.05, 0.9, 0.05], [0.82, 0.1, 0.08]]), [3, 4, 5]),
+        (probs_batch([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8]]), [0, 6, 1]),
+        (probs_batch([[0.45, 0.5, 0.05], [0.34, 0.33, 0.33], [0.7, 0.2, 0.1]]), [7, 2, 3]),
+    ]
+    want, selected = flexmatch_by_hand(steps, 8, 3, 0.8, warmup)
+    for (probs, index), expected in zip(steps, want, strict=True):
+        batch = Batch(u_index=torch.tensor(index), pool_size=8)
+        mask, targets = method.flex_mask(probs, batch)
+        assert mask.tolist() == expected
+        assert targets.tolist() == probs.argmax(1).tolist()
+    assert method.selected.tolist() == selected
+    assert any(0 < m < 1 for m in [sum(x) / 3 for x in want])  # the thresholds did differ
+
+
+def test_freematchs_threshold_and_fairness_term_as_the_reference():
+    cfg, dataset = digits("freematch.momentum=0.9")
+    method, _ = built(cfg, dataset, "freematch")
+    rng = np.random.default_rng(0)
+    tau, p_model, hist = 1 / 3, np.full(3, 1 / 3), np.full(3, 1 / 3)
+    for _ in range(4):
+        logits = rng.normal(0, 2, (6, 3))
+        probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        top, top_class = probs.max(1), probs.argmax(1)
+        tau = 0.9 * tau + 0.1 * top.mean()
+        p_model = 0.9 * p_model + 0.1 * probs.mean(0)
+        counts = np.bincount(top_class, minlength=3)
+        hist = 0.9 * hist + 0.1 * counts / counts.sum()
+        want = (top >= tau * (p_model / p_model.max())[top_class]).astype(float)
+        mask, targets = method.adaptive_mask(torch.tensor(probs, dtype=torch.float32))
+        np.testing.assert_allclose(method.tau.item(), tau, rtol=1e-5)
+        np.testing.assert_allclose(method.p_model.numpy(), p_model, rtol=1e-5)
+        np.testing.assert_allclose(method.label_hist.numpy(), hist, rtol=1e-5)
+        assert mask.tolist() == want.tolist() and targets.tolist() == top_class.tolist()
+    # the fairness term: SumNorm(p / h) against SumNorm(mean prob of the kept / their hist)
+    strong = rng.normal(0, 1, (6, 3))
+    kept = np.array([1, 0, 1, 1, 0, 1], dtype=float)
+    s = np.exp(strong[kept == 1]) / np.exp(strong[kept == 1]).sum(1, keepdims=True)
+    h = np.bincount(s.argmax(1), minlength=3) / len(s)
+    target = p_model / hist / (p_model / hist).sum()
+    with np.errstate(divide="ignore"):
+        inv = np.where(h > 0, 1 / np.where(h > 0, h, 1), 0)
+    mean = s.mean(0) * inv / (s.mean(0) * inv).sum()
+    want = (target * np.log(mean + 1e-12)).sum()
+    got = fairness_term(
+        torch.tensor(kept),
+        torch.tensor(strong),
+        method.p_model.double(),
+        method.label_hist.double(),
+    )
+    np.testing.assert_allclose(got.item(), want, rtol=1e-6)
+
+
+def test_softmatchs_weights_are_the_truncated_gaussian_of_the_aligned_probabilities():
+    cfg, dataset = digits("softmatch.momentum=0.8", "softmatch.n_sigma=2")
+    method, _ = built(cfg, dataset, "softmatch")
+    rng = np.random.default_rng(1)
+    p_model, mu, var = None, 1 / 4, 1.0
+    for _ in range(3):
+        weak = rng.normal(0, 2, (8, 4))
+        probs = np.exp(weak) / np.exp(weak).sum(1, keepdims=True)
+        mean = probs.mean(0)
+        p_model = mean if p_model is None else 0.8 * p_model + 0.2 * mean
+        aligned = probs * (0.25 + 1e-6) / (p_model + 1e-6)
+        aligned /= aligned.sum(1, keepdims=True)
+        top = aligned.max(1)
+        mu = 0.8 * mu + 0.2 * top.mean()
+        var = 0.8 * var + 0.2 * top.var(ddof=1)
+        want = np.exp(-(np.minimum(top - mu, 0) ** 2) / (2 * var / 4))
+        got = method.soft_weights(torch.tensor(weak, dtype=torch.float32), torch.zeros(2, 4))
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-7)
+    assert (got <= 1).all() and (got > 0).all()
+
+
+def test_alignment_to_the_labeled_distribution_moves_its_target():
+    align = DistributionAlignment(2, momentum=0.5, target="labeled")
+    unlabeled = probs_batch([[0.9, 0.1], [0.7, 0.3]])
+    labeled = probs_batch([[0.2, 0.8], [0.4, 0.6]])
+    aligned = align(unlabeled, labeled)
+    np.testing.assert_allclose(align.p_target.numpy(), [0.4, 0.6], rtol=1e-6)
+    ratio = (np.array([0.4, 0.6]) + 1e-6) / (np.array([0.8, 0.2]) + 1e-6)
+    want = unlabeled.numpy() * ratio
+    np.testing.assert_allclose(aligned.numpy(), want / want.sum(1, keepdims=True), rtol=1e-5)
+
+
+# ------------------------------------------------------------------ state
+
+
+@pytest.mark.parametrize("name", ADAPTIVE)
+def test_the_running_state_restored_continues_bit_for_bit(name):
+    """A method rebuilt from the state after step 1 computes what the one that went on
+    computes, on the same later batches (what a resumed run relies on)."""
+    cfg, dataset = digits(*SHORT_MU)
+    first, model = built(cfg, dataset, name)
+    batches = []
+    for step in range(3):
+        batch = real_batch(cfg, dataset, first.unlabeled_views, unlabeled=32)
+        batch.u = [u.roll(step, dims=0) for u in batch.u]
+        batch.u_index, batch.pool_size = torch.arange(32).roll(step) + 3 * step, 40
+        batches.append(batch)
+    model.eval()  # batch norm's running statistics stay put between the two methods' passes
+    with torch.no_grad():
+        first.loss(model, TRAIN, batches[0])
+        second, _ = built(cfg, dataset, name)
+        second.load_state_dict(first.state_dict())
+        for batch in batches[1:]:
+            a, b = first.loss(model, TRAIN, batch), second.loss(model, TRAIN, batch)
+            assert {k: v.item() for k, v in a.items()} == {k: v.item() for k, v in b.items()}
+    for x, y in zip(_tensors(first.state_dict()), _tensors(second.state_dict()), strict=True):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("flexmatch.threshold=1.5", "flexmatch.threshold must be in (0, 1), got 1.5"),
+        ("freematch.momentum=0", "freematch.momentum must be in (0, 1), got 0"),
+        ("freematch.fairness=-1", "freematch.fairness must be a finite number >= 0"),
+        ("softmatch.n_sigma=-2", "softmatch.n_sigma must be a finite number > 0, got -2"),
+        ("softmatch.mu=0", "softmatch.mu must be a positive integer, got 0"),
+    ],
+)
+def test_an_out_of_range_setting_is_a_one_line_usage_error(override, message):
+    with pytest.raises(UsageError) as error:
+        digits(override)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+# ------------------------------------------------------------------ through the CLI
+
+ARGS = [*SHORT, *SHORT_MU]
+
+
+@pytest.fixture(scope="module")
+def three_runs(tmp_path_factory):
+    results = tmp_path_factory.mktemp("adaptive")
+    done = run_cli(f"methods=[{','.join(ADAPTIVE)}]", *ARGS, f"results={results}")
+    assert done.returncode == 0, done.stderr
+    return results
+
+
+def test_the_three_train_through_the_cli(three_runs):
+    assert set(_records(three_runs)) == set(ADAPTIVE)
+
+
+def test_flexmatch_killed_mid_run_resumes_to_the_same_result(three_runs, tmp_path):
+    results = tmp_path / "killed"
+    args = ["methods=[flexmatch]", *ARGS, f"results={results}"]
+    caught = kill_when(
+        args,
+        f"{results}/digits/*/checkpoint.pt",
+        lambda state: state["epoch"] >= 2 and state["method"],
+    )
+    assert caught, "the run never reached its third epoch"
+    run = _records(results)["flexmatch"]
+    assert not (run / "metrics.json").exists(), "killed too late to test a resume"
+    resumed = run_cli(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(_records(three_runs)["flexmatch"], run)
+
+
+def test_the_three_run_as_slurm_jobs(slurm_cluster, tmp_path):
+    methods = f"methods=[{','.join(ADAPTIVE)}]"
+    done = run_cli(
+        methods, *ARGS, "launcher=slurm", "wait=true", f"results={tmp_path}", timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    assert set(_records(tmp_path)) == set(ADAPTIVE)
