@@ -14,14 +14,15 @@ import torch
 
 from harness.alignment import DistributionAlignment
 from harness.errors import UsageError
-from harness.method import Batch, Stage
+from harness.method import Batch, Stage, get_method
 from methods.freematch import fairness_term
 from tests.conftest import assert_same_run, kill_when, run_cli
 from tests.test_ssl import SHORT, _records, built, digits, real_batch
 
-ADAPTIVE = ("flexmatch", "freematch", "softmatch")
+ADAPTIVE = ("flexmatch", "freematch", "softmatch", "uda", "adamatch")
+STATEFUL = ("flexmatch", "freematch", "softmatch", "adamatch")
 TRAIN = Stage("train", unlabeled=True)
-SHORT_MU = ["flexmatch.mu=2", "freematch.mu=2", "softmatch.mu=2"]
+SHORT_MU = [f"{name}.mu=2" for name in ADAPTIVE]
 
 
 def probs_batch(rows: list[list[float]]) -> torch.Tensor:
@@ -38,7 +39,8 @@ def test_each_ones_terms_are_finite_and_train_the_network_not_its_ema(name):
     batch = real_batch(cfg, dataset, method.unlabeled_views, unlabeled=64)
     batch.u_index, batch.pool_size = torch.arange(64), 100
     terms = method.loss(model, TRAIN, batch)
-    expected = {"cls", "pseudo", "fairness"} if name == "freematch" else {"cls", "pseudo"}
+    expected = {"cls", "consistency" if name == "uda" else "pseudo"}
+    expected |= {"fairness"} if name == "freematch" else set()
     assert set(terms) == expected
     assert all(v.dim() == 0 and math.isfinite(v.item()) for v in terms.values())
     sum(terms.values()).backward()
@@ -46,9 +48,8 @@ def test_each_ones_terms_are_finite_and_train_the_network_not_its_ema(name):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in trained)
     assert all(p.grad is None for p in model.ema.parameters())
     state = method.state_dict()
-    assert state and all(
-        not t.requires_grad for t in _tensors(state)
-    )  # running statistics, never trained
+    assert bool(state) == (name in STATEFUL)
+    assert all(not t.requires_grad for t in _tensors(state))  # statistics, never trained
 
 
 def _tensors(state: dict) -> list[torch.Tensor]:
@@ -165,6 +166,67 @@ def test_softmatchs_weights_are_the_truncated_gaussian_of_the_aligned_probabilit
     assert (got <= 1).all() and (got > 0).all()
 
 
+@pytest.mark.parametrize("tsa", ["none", "linear", "exp"])
+def test_udas_sharpened_targets_mask_and_annealing_as_the_paper(tsa):
+    settings = ["uda.temperature=0.5", f"uda.tsa={tsa}"]
+    cfg, dataset = digits(*settings)
+    method, model = built(cfg, dataset, "uda")
+    for module in model.modules():  # no dropout: the hand's pass sees what the method's saw
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    batch = real_batch(cfg, dataset, method.unlabeled_views, labeled=16, unlabeled=24)
+    with torch.no_grad():  # a threshold between the 12th and 13th: the mask keeps half
+        weak = method.three_logits(model, batch)[1]
+    top = torch.softmax(weak.double(), 1).max(1).values.sort().values
+    half = float((top[11] + top[12]) / 2)
+    cfg, _ = digits(*settings, f"uda.threshold={half}")
+    method = get_method("uda")(cfg)
+    terms = method.loss(model, TRAIN, batch)
+    model.zero_grad()
+    with torch.no_grad():  # the same pass by hand (batch norm: the same batch statistics)
+        labeled, weak, strong = (t.double().numpy() for t in method.three_logits(model, batch))
+
+    def softmax(z):
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    p = batch.progress
+    alpha = {"none": None, "linear": p, "exp": math.exp((p - 1) * 5)}[tsa]
+    eta = 1.0 if alpha is None else alpha * 0.9 + 0.1
+    y = batch.y.numpy()
+    ce = -np.log(softmax(labeled)[np.arange(len(y)), y])
+    kept = softmax(labeled).max(1) <= eta
+    mask = softmax(weak).max(1) >= half
+    target = softmax(weak / 0.5)
+    consistency = -(target * np.log(softmax(strong))).sum(1)
+    np.testing.assert_allclose(terms["cls"].item(), (ce * kept).mean(), rtol=2e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        terms["consistency"].item(), (consistency * mask).mean(), rtol=2e-4, atol=1e-6
+    )
+    assert 0 < mask.mean() < 1
+
+
+def test_adamatchs_relative_threshold_on_aligned_probabilities():
+    cfg, dataset = digits("adamatch.momentum=0.5", "adamatch.threshold=0.9")
+    method, _ = built(cfg, dataset, "adamatch")
+    rng = np.random.default_rng(2)
+    p_model, p_target = None, np.full(3, 1 / 3)
+    for _ in range(3):
+        weak, labeled = rng.normal(0, 2, (6, 3)), rng.normal(0, 2, (4, 3))
+        pw = np.exp(weak) / np.exp(weak).sum(1, keepdims=True)
+        pl = np.exp(labeled) / np.exp(labeled).sum(1, keepdims=True)
+        p_model = pw.mean(0) if p_model is None else 0.5 * p_model + 0.5 * pw.mean(0)
+        p_target = 0.5 * p_target + 0.5 * pl.mean(0)
+        aligned = pw * (p_target + 1e-6) / (p_model + 1e-6)
+        aligned /= aligned.sum(1, keepdims=True)
+        cutoff = 0.9 * pl.max(1).mean()
+        mask, targets = method.relative_mask(
+            torch.tensor(weak, dtype=torch.float32), torch.tensor(labeled, dtype=torch.float32)
+        )
+        assert mask.tolist() == (aligned.max(1) >= cutoff).astype(float).tolist()
+        assert targets.tolist() == aligned.argmax(1).tolist()
+
+
 def test_alignment_to_the_labeled_distribution_moves_its_target():
     align = DistributionAlignment(2, momentum=0.5, target="labeled")
     unlabeled = probs_batch([[0.9, 0.1], [0.7, 0.3]])
@@ -179,7 +241,7 @@ def test_alignment_to_the_labeled_distribution_moves_its_target():
 # ------------------------------------------------------------------ state
 
 
-@pytest.mark.parametrize("name", ADAPTIVE)
+@pytest.mark.parametrize("name", STATEFUL)
 def test_the_running_state_restored_continues_bit_for_bit(name):
     """A method rebuilt from the state after step 1 computes what the one that went on
     computes, on the same later batches (what a resumed run relies on)."""
@@ -211,6 +273,9 @@ def test_the_running_state_restored_continues_bit_for_bit(name):
         ("freematch.fairness=-1", "freematch.fairness must be a finite number >= 0"),
         ("softmatch.n_sigma=-2", "softmatch.n_sigma must be a finite number > 0, got -2"),
         ("softmatch.mu=0", "softmatch.mu must be a positive integer, got 0"),
+        ("uda.temperature=-1", "uda.temperature must be a finite number > 0, got -1"),
+        ("uda.tsa=cosine", "unknown uda.tsa 'cosine'"),
+        ("adamatch.threshold=0", "adamatch.threshold must be in (0, 1), got 0"),
     ],
 )
 def test_an_out_of_range_setting_is_a_one_line_usage_error(override, message):
