@@ -95,6 +95,7 @@ class Batch:
 
     x: torch.Tensor | None = None  # labeled images
     y: torch.Tensor | None = None  # their labels
+    x_views: list[torch.Tensor] = field(default_factory=list)  # Method.labeled_extra_views
     u: list[torch.Tensor] = field(default_factory=list)  # views of the unlabeled images
     # under DDP: world size x this rank's rows / the batch's rows. The loss is scaled by
     # it, so that DDP's mean over ranks is the whole batch's mean also when a batch does
@@ -132,6 +133,8 @@ class Method:
     # (harness.config.AUGMENTATIONS); a method whose settings choose them sets them in __init__
     labeled_view: str = "weak"
     unlabeled_views: tuple[str, ...] = ("weak",)
+    # more views of the labeled images, in Batch.x_views (DeFixMatch's strong one)
+    labeled_extra_views: tuple[str, ...] = ()
     # "bf16": the trainer autocasts the loss on CUDA; "fp32": never (PRECISIONS)
     precision: ClassVar[str] = "bf16"
     config_sections: ClassVar[tuple[str, ...]] = ()  # suite sections it reads (run-id input)

@@ -13,16 +13,32 @@ import pytest
 import torch
 
 from harness.alignment import DistributionAlignment
+from harness.data import augment_batch, normalize, rand_augment
 from harness.errors import UsageError
 from harness.method import Batch, Stage, get_method
 from methods.freematch import fairness_term
 from tests.conftest import assert_same_run, kill_when, run_cli
 from tests.test_ssl import SHORT, _records, built, digits, real_batch
 
-ADAPTIVE = ("flexmatch", "freematch", "softmatch", "uda", "adamatch")
-STATEFUL = ("flexmatch", "freematch", "softmatch", "adamatch")
+ADAPTIVE = ("flexmatch", "freematch", "softmatch", "uda", "adamatch", "defixmatch", "dash")
+STATEFUL = ("flexmatch", "freematch", "softmatch", "adamatch", "dash")
 TRAIN = Stage("train", unlabeled=True)
-SHORT_MU = [f"{name}.mu=2" for name in ADAPTIVE]
+# mu 2; Dash's warm-up and ρ's period in steps of these short runs
+SHORT_MU = [f"{name}.mu=2" for name in ADAPTIVE] + ["dash.warmup_steps=4", "dash.period_steps=4"]
+
+
+def with_labeled_views(batch: Batch, method, cfg, dataset) -> Batch:
+    """The labeled images' extra views (DeFixMatch's strong one), made from the same
+    real images as ``real_batch``'s labeled ones."""
+    mean, std = torch.tensor(dataset.mean), torch.tensor(dataset.std)
+    images = dataset.train.images[: len(batch.x)]
+    generator = torch.Generator().manual_seed(1)
+    for view in method.labeled_extra_views:
+        crops = augment_batch(images, cfg.data.crop, cfg.data.hflip, generator)
+        if view == "strong":
+            crops = rand_augment(crops, generator)
+        batch.x_views.append(normalize(crops, mean, std))
+    return batch
 
 
 def probs_batch(rows: list[list[float]]) -> torch.Tensor:
@@ -38,9 +54,10 @@ def test_each_ones_terms_are_finite_and_train_the_network_not_its_ema(name):
     method, model = built(cfg, dataset, name)
     batch = real_batch(cfg, dataset, method.unlabeled_views, unlabeled=64)
     batch.u_index, batch.pool_size = torch.arange(64), 100
+    with_labeled_views(batch, method, cfg, dataset)
     terms = method.loss(model, TRAIN, batch)
     expected = {"cls", "consistency" if name == "uda" else "pseudo"}
-    expected |= {"fairness"} if name == "freematch" else set()
+    expected |= {"freematch": {"fairness"}, "defixmatch": {"debias"}}.get(name, set())
     assert set(terms) == expected
     assert all(v.dim() == 0 and math.isfinite(v.item()) for v in terms.values())
     sum(terms.values()).backward()
@@ -227,6 +244,73 @@ def test_adamatchs_relative_threshold_on_aligned_probabilities():
         assert targets.tolist() == aligned.argmax(1).tolist()
 
 
+def test_defixmatch_subtracts_the_same_cost_on_the_labeled_images():
+    cfg, dataset = digits("defixmatch.weight=0.5")
+    method, model = built(cfg, dataset, "defixmatch")
+    for module in model.modules():  # no dropout: the hand's pass sees what the method's saw
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    batch = real_batch(cfg, dataset, method.unlabeled_views, labeled=16, unlabeled=24)
+    with_labeled_views(batch, method, cfg, dataset)
+    assert method.labeled_extra_views == ("strong",)
+    with torch.no_grad():
+        scores = model.encoder(torch.cat([batch.x, batch.x_views[0], *batch.u])).double()
+    x, xs, w, s = (t.numpy() for t in scores.split([16, 16, 24, 24]))
+    top = np.sort(np.exp(x).max(1) / np.exp(x).sum(1))
+    tau = float((top[7] + top[8]) / 2)  # half of the labeled images pass: both masks matter
+    method = get_method("defixmatch")(
+        digits("defixmatch.weight=0.5", f"defixmatch.threshold={tau}")[0]
+    )
+    terms = method.loss(model, TRAIN, batch)
+
+    def log_softmax(z):
+        z = z - z.max(1, keepdims=True)
+        return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+    y = batch.y.numpy()
+    cls = 0.5 * (-log_softmax(x)[range(16), y].mean() - log_softmax(xs)[range(16), y].mean())
+    pw, px = np.exp(log_softmax(w)), np.exp(log_softmax(x))
+    mask, mask_x = pw.max(1) >= tau, px.max(1) >= tau
+    pseudo = (-log_softmax(s)[range(24), pw.argmax(1)] * mask).mean()
+    debias = (-log_softmax(xs)[range(16), px.argmax(1)] * mask_x).mean()
+    np.testing.assert_allclose(terms["cls"].item(), cls, rtol=2e-4)
+    np.testing.assert_allclose(terms["pseudo"].item(), 0.5 * pseudo, rtol=2e-4, atol=1e-7)
+    np.testing.assert_allclose(terms["debias"].item(), -0.5 * debias, rtol=2e-4, atol=1e-7)
+    assert mask_x.sum() == 8
+
+
+def test_dash_warms_up_on_labels_then_keeps_the_views_under_its_falling_loss_threshold():
+    cfg, dataset = digits(
+        "dash.warmup_steps=3", "dash.period_steps=2", "dash.gamma=2", "dash.rho_min=0.3"
+    )
+    method, model = built(cfg, dataset, "dash")
+    batch = real_batch(cfg, dataset, method.unlabeled_views, labeled=16, unlabeled=24)
+    rho_hat = None
+    for step in range(3):  # the warm-up: the labeled cost alone, ρ̂ its EMA (0.9)
+        batch.step = step
+        terms = method.loss(model, TRAIN, batch)
+        assert set(terms) == {"cls"}
+        seen = terms["cls"].item()
+        rho_hat = seen if rho_hat is None else 0.9 * rho_hat + 0.1 * seen
+        np.testing.assert_allclose(method.rho_hat.item(), rho_hat, rtol=1e-6)
+    rng = np.random.default_rng(3)
+    weak = rng.normal(0, 2, (12, 5))
+    for after in range(8):
+        rho = max(1.0001 * 2.0 ** -(after // 2) * rho_hat, 0.3)
+        if rho == 0.3:
+            target = np.eye(5)[weak.argmax(1)]
+        else:
+            target = np.exp(weak / 0.5) / np.exp(weak / 0.5).sum(1, keepdims=True)
+        log_p = weak - weak.max(1, keepdims=True)
+        log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
+        own = -(target * log_p).sum(1)
+        mask, targets = method.dynamic_mask(torch.tensor(weak, dtype=torch.float32), after)
+        assert mask.tolist() == (own <= rho).astype(float).tolist(), after
+        np.testing.assert_allclose(targets.numpy(), target, rtol=1e-5, atol=1e-6)
+    batch.step = 3
+    assert set(method.loss(model, TRAIN, batch)) == {"cls", "pseudo"}
+
+
 def test_alignment_to_the_labeled_distribution_moves_its_target():
     align = DistributionAlignment(2, momentum=0.5, target="labeled")
     unlabeled = probs_batch([[0.9, 0.1], [0.7, 0.3]])
@@ -276,6 +360,9 @@ def test_the_running_state_restored_continues_bit_for_bit(name):
         ("uda.temperature=-1", "uda.temperature must be a finite number > 0, got -1"),
         ("uda.tsa=cosine", "unknown uda.tsa 'cosine'"),
         ("adamatch.threshold=0", "adamatch.threshold must be in (0, 1), got 0"),
+        ("defixmatch.threshold=1", "defixmatch.threshold must be in (0, 1), got 1"),
+        ("dash.gamma=0.5", "dash.gamma must be >= 1"),
+        ("dash.period_steps=0", "dash.period_steps must be a positive integer, got 0"),
     ],
 )
 def test_an_out_of_range_setting_is_a_one_line_usage_error(override, message):

@@ -107,7 +107,11 @@ def stage_batches(
             read.labeled += len(full)
             if stage.labeled:
                 x = ctx.prepare(images, generator, len(full), method.labeled_view)
-                yield Batch(x=x, y=y.to(ctx.device, non_blocking=True), share=share(full))
+                extra = [
+                    ctx.prepare(images, generator, len(full), v) for v in method.labeled_extra_views
+                ]
+                y = y.to(ctx.device, non_blocking=True)
+                yield Batch(x=x, y=y, x_views=extra, share=share(full))
             else:  # a pool-only stage without a pool: the labeled images, labels hidden
                 views = [
                     ctx.prepare(images, generator, len(full), v) for v in method.unlabeled_views
@@ -134,8 +138,10 @@ def stage_batches(
         if labeled is not None:
             x, y = next(labeled)
             read.labeled += cfg.optim.batch_size
-            x = ctx.prepare(x, generator, cfg.optim.batch_size, method.labeled_view)
-            batch.x, batch.y = x, y.to(ctx.device, non_blocking=True)
+            size = cfg.optim.batch_size
+            batch.x = ctx.prepare(x, generator, size, method.labeled_view)
+            batch.x_views = [ctx.prepare(x, generator, size, v) for v in method.labeled_extra_views]
+            batch.y = y.to(ctx.device, non_blocking=True)
         yield batch
     if labeled is not None:
         next(labeled, None)  # runs the stream to its end, which frees an FFCV loader

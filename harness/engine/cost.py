@@ -217,8 +217,12 @@ def _counter(
         x = torch.randn(labeled, *shape, device=device) if labeled else None
         y = torch.randint(0, dataset.num_classes, (labeled,), device=device) if labeled else None
         views = [torch.randn(unlabeled, *shape, device=device) for _ in method.unlabeled_views]
-        # mid-stage, so a ramped-up term is computed as most steps compute it
-        batch = Batch(x=x, y=y, u=views if unlabeled else [], step=1, total_steps=2)
+        # mid-stage and far into it, so a ramped-up term is computed as most steps compute
+        # it, and a warm-up counted in steps (Dash's) is over
+        middle = 10**6
+        batch = Batch(x=x, y=y, u=views if unlabeled else [], step=middle, total_steps=2 * middle)
+        if labeled:
+            batch.x_views = [torch.randn_like(x) for _ in method.labeled_extra_views]
         batch.u_index, batch.pool_size = torch.arange(unlabeled, device=device), unlabeled
         # a copy: a method's running state (FlexMatch's records) must not keep this step
         counted = copy.deepcopy(method)
