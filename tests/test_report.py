@@ -660,6 +660,28 @@ def test_learning_curves_share_one_axis_of_classifier_steps_across_stages():
     assert classifier_steps(older).empty
 
 
+def test_the_learning_curves_y_axis_shows_the_last_third_of_training(tmp_path):
+    """Errors from 90% down to 10-12%: the axis spans the last third's values (padded),
+    not 0-90%, so the methods' ends are told apart; the figure is drawn with it."""
+    from harness.report.plots import last_third_limits, learning_curves_steps
+
+    steps = np.arange(1, 31, dtype=float)
+    rows = []
+    for run, method, end in (("a", "baseline", 12.0), ("b", "fixmatch", 10.0)):
+        errors = end + 78.0 * np.exp(-steps / 4)  # 90% at the start, `end` at the end
+        rows += [(run, method, "100", "train", s, s, e) for s, e in zip(steps, errors, strict=True)]
+    history = pd.DataFrame(
+        rows, columns=["run_id", "method", "labels", "stage", "epoch", "step", "top1_val"]
+    )
+    low, high = last_third_limits(history["step"], history["top1_val"])
+    tail = history.loc[history["step"] >= 1 + 2 / 3 * 29, "top1_val"]
+    assert low < tail.min() < tail.max() < high and high - low < 5
+    assert 9 < low and high < 14
+    (figure, *_) = learning_curves_steps(history, ["baseline", "fixmatch"], tmp_path)
+    assert figure.is_file()
+    assert last_third_limits(history["step"].iloc[:0], history["top1_val"].iloc[:0]) is None
+
+
 def test_status_and_the_report_name_the_published_cells_with_no_run_yet(results):
     published = (
         "published=[{method: baseline, labels: 500, mean: 20},"

@@ -114,6 +114,27 @@ def seeds(runs: pd.DataFrame, methods: list[str], out: Path) -> list[Path]:
     return save_figure(fig, out, "seeds")
 
 
+def last_third_limits(x: pd.Series, y: pd.Series) -> tuple[float, float] | None:
+    """y-axis limits that show the values of the last third of the x range, padded: the
+    early epochs (errors of 80-90%) would otherwise squeeze the end of training, where
+    the methods differ, into one line. None where there is nothing to show."""
+    known = y.notna() & x.notna()
+    x, y = x[known], y[known]
+    if x.empty:
+        return None
+    cut = x.min() + 2 / 3 * (x.max() - x.min())
+    tail = y[x >= cut]
+    low, high = float(tail.min()), float(tail.max())
+    pad = max(0.15 * (high - low), 0.5)
+    return max(0.0, low - pad), min(100.0, high + pad)
+
+
+def _focus(ax: plt.Axes, data: pd.DataFrame, x: str) -> None:
+    limits = last_third_limits(data[x], data["top1_val"])
+    if limits is not None:
+        ax.set_ylim(*limits)
+
+
 def learning_curves(history: pd.DataFrame, methods: list[str], out: Path) -> list[Path]:
     """One panel per (budget, stage that evaluates val), x = epoch within the stage:
     a stage copied from another run (a method whose first step is the baseline's
@@ -147,6 +168,7 @@ def learning_curves(history: pd.DataFrame, methods: list[str], out: Path) -> lis
                 ax=ax,
             )
             ax.set(title=f"{budget} labels, {stage}", xlabel="epoch", ylabel="top-1 val error (%)")
+            _focus(ax, data, "epoch")
     fig.tight_layout()
     return save_figure(fig, out, "learning_curves")
 
@@ -197,8 +219,9 @@ def learning_curves_steps(history: pd.DataFrame, methods: list[str], out: Path) 
     order = [m for m in methods if m in set(placed["method"])]
     fig, axes = plt.subplots(1, len(budgets), figsize=(5.5 * len(budgets), 3.8), squeeze=False)
     for ax, budget in zip(axes[0], budgets, strict=True):
+        data = placed[placed["labels"] == budget]
         sns.lineplot(
-            data=placed[placed["labels"] == budget],
+            data=data,
             x="classifier_step",
             y="top1_val",
             hue="method",
@@ -212,6 +235,7 @@ def learning_curves_steps(history: pd.DataFrame, methods: list[str], out: Path) 
             xlabel="classifier training steps (all stages)",
             ylabel="top-1 val error (%)",
         )
+        _focus(ax, data, "classifier_step")
     fig.tight_layout()
     return save_figure(fig, out, "learning_curves_steps")
 
