@@ -32,7 +32,7 @@ LATE_IMPORTS = {
     "sklearn",
     "scipy.io",  # SVHN's .mat files alone (about 0.4 s at every start otherwise)
     "matplotlib",
-    "harness.report.plots",
+    "harness.report",  # pandas, scipy, seaborn: 1.5 s of every start that builds no report
     "torch.utils.tensorboard",
 }
 

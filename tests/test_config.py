@@ -38,8 +38,8 @@ def test_scalar_given_to_list_key_becomes_a_list():
         (["suite=nope"], "unknown suite 'nope'; valid choices: cifar100_ssl, cifar10_ssl, digits"),
         (
             ["bogus=1"],
-            "unknown key in the command line 'bogus'; valid choices: claims, compile, data, "
-            "decoding, description",
+            "unknown key in the command line 'bogus'; valid choices: adamatch, claims, compile, "
+            "dash, data, decoding, defixmatch, description",
         ),
         (["optim.momentun=0.5"], "'optim.momentun'; valid choices: optim.batch_size"),
         (
@@ -83,7 +83,8 @@ def test_methods_all_and_unknown_method():
         )
     )
     assert "ladder" in own and "ladder_gamma" not in own and "vat" in own
-    with pytest.raises(UsageError, match="unknown method 'nope'; valid choices: baseline"):
+    unknown_one = "unknown method 'nope'; valid choices: adamatch, baseline"
+    with pytest.raises(UsageError, match=unknown_one):
         resolve_methods(load_config(["methods=[nope]"]))
 
 

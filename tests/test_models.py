@@ -92,7 +92,7 @@ def test_every_model_is_registered_and_an_unknown_one_lists_them():
     # the engine's, and those a method family registers (methods/ladder/model.py,
     # methods/vat_mlp.py)
     engine = ["alexnet", "conv_large", "mlp", "vgg16", "vgg_narrow_3", "vgg_small_2"]
-    engine += ["vgg_small_3", "wrn_28_2"]
+    engine += ["vgg_small_3", "wrn_28_2", "wrn_28_8", "wrn_37_2", "resnet50"]
     families = ["ladder_conv_small", "ladder_mlp", "vat_mlp"]
     assert available_models() == sorted([*engine, *families])
     with pytest.raises(UsageError, match="valid choices: alexnet, conv_large, ladder_conv_small"):

@@ -558,7 +558,8 @@ def test_published_over_the_done_seeds_only(suite):
     [
         (
             "[{method: ladr, labels: 100, mean: 20}]",
-            "published[0].method='ladr' is not a registered method; valid choices: baseline, ",
+            "published[0].method='ladr' is not a registered method; valid choices: adamatch, "
+            "baseline,",
         ),
         ("[{labels: 100, mean: 20}]", "published[0].method='' is empty"),
         (

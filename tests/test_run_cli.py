@@ -135,7 +135,7 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
     "argv, message",
     [
         (["suite=imagenet_nope"], "unknown suite 'imagenet_nope'; valid choices:"),
-        (["methods=[baseline,nope]"], "unknown method 'nope'; valid choices: baseline"),
+        (["methods=[baseline,nope]"], "unknown method 'nope'; valid choices: adamatch, baseline"),
         (["data.name=cifar99"], "unknown dataset (data.name) 'cifar99'; valid choices:"),
         (["model.name=resnet"], "unknown model (model.name) 'resnet'; valid choices:"),
         (["optim.batch_size=abc"], "bad value for key 'optim.batch_size'"),

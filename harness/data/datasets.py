@@ -50,6 +50,7 @@ from harness.data.files import (
     scan_folder,
 )
 from harness.errors import UsageError, unknown
+from harness.plugins import installed_plugins
 
 # The target of a training image without a label (STL-10's unlabeled set, SVHN's extra):
 # every split puts it in the unlabeled pool, none labels it, no evaluation reads it
@@ -116,9 +117,7 @@ def register_dataset(name: str) -> Callable[[Loader], Loader]:
 
 def load_dataset(data_cfg: DictConfig) -> Dataset:
     """Load (once per process) the dataset a suite's ``data`` section names."""
-    from harness.plugins import installed_plugins  # a user's package may add datasets
-
-    installed_plugins()
+    installed_plugins()  # a user's package may add datasets
     if data_cfg.name not in DATASETS:
         raise unknown("dataset (data.name)", data_cfg.name, DATASETS)
     # load_config resolved data.loader; a bare data section (tests) reads files with PIL
