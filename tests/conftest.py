@@ -131,6 +131,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         uses_cluster = "slurm_cluster" in getattr(item, "fixturenames", ())
         if uses_cluster or item.path.name == "test_ddp.py":
             item.add_marker(pytest.mark.xdist_group("cluster_and_ddp"))
+        elif _module_fixtures(item):
+            # the tests sharing a module-scoped fixture (real runs, tens of seconds) on one
+            # worker: spread over two, each worker would train the fixture's runs again
+            item.add_marker(pytest.mark.xdist_group(f"fixtures_of_{item.path.stem}"))
+
+
+def _module_fixtures(item: pytest.Item) -> list[str]:
+    """The module-scoped fixtures ``item`` uses."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return []
+    return [
+        name for name, defs in info.name2fixturedefs.items() if defs and defs[-1].scope == "module"
+    ]
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
