@@ -406,8 +406,9 @@ def test_flexmatch_killed_mid_run_resumes_to_the_same_result(adaptive_runs, tmp_
 
 def test_they_run_as_slurm_jobs(slurm_cluster, tmp_path):
     methods = f"methods=[{','.join(ADAPTIVE)}]"
-    shorter = "schedule.train.epochs=2"  # that they run is the point; the runs are above
-    args = [methods, *ARGS, shorter, "launcher=slurm", "wait=true", f"results={tmp_path}"]
+    # that they run is the point (the runs are above): 1 epoch of 4 steps, 2 past Dash's warm-up
+    shorter = "schedule.train.epochs=1 dash.warmup_steps=2".split()
+    args = [methods, *ARGS, *shorter, "launcher=slurm", "wait=true", f"results={tmp_path}"]
     done = run_cli(*args, timeout=600)
     assert done.returncode == 0, done.stderr
     assert set(_records(tmp_path)) == set(ADAPTIVE)

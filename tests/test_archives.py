@@ -259,7 +259,7 @@ def test_a_pool_stage_reads_every_unlabeled_only_image_and_its_id_holds_the_pool
 # published rows) but for the step counts and batches, and WRN-28-2 at 32 px where the
 # suite's backbone is a GPU network (WRN-28-8; WRN-37-2 at 96 px)
 SMOKE = [
-    "methods=[baseline,fixmatch]",
+    "methods=[fixmatch]",  # the suite's recipe and pool; CIFAR-10 adds its baseline
     "seeds=[0]",
     "schedule.pretrain.epochs=1",
     "schedule.pretrain.steps=2",
@@ -276,7 +276,7 @@ SMOKE = [
     "report.plots=false",
 ]
 SUITE_SMOKE = {
-    "cifar10": ["labels=[40]"],
+    "cifar10": ["labels=[40]", "methods=[baseline,fixmatch]"],
     "cifar100": ["labels=[100]", "model.name=wrn_28_2"],
     "svhn": ["labels=[40]"],
     "stl10": ["labels=[40]", "model.name=wrn_28_2", "data.resize=32", "data.crop=32", "data.pad=4"],
@@ -295,7 +295,7 @@ def test_each_benchmark_suite_runs_through_the_cli_to_its_published_table(root, 
         f"suite={name}_ssl", f"data.path={root}", f"results={results}", *SMOKE, *SUITE_SMOKE[name]
     )
     assert done.returncode == 0, done.stderr
-    assert "| baseline |" in done.stdout and "| fixmatch |" in done.stdout
+    assert "| fixmatch |" in done.stdout
     report = results / f"{name}_ssl" / "report"
     published = (report / "published.md").read_text()
     assert "USB's reproduction" in published or "Sohn et al. 2020" in published
