@@ -31,6 +31,7 @@ from harness.ema import WithEMA
 from harness.method import Batch, Stage, register_method
 from methods._common import labeled_cost, logits_of
 from methods._weak_strong import WeakStrong, WeakStrongSettings, masked_cross_entropy
+from methods.fixmatch import confident_targets
 
 
 @register_settings("defixmatch")
@@ -42,12 +43,6 @@ class DeFixMatchSettings(WeakStrongSettings):
     def __post_init__(self) -> None:
         self.check("defixmatch")
         check_fraction("defixmatch.threshold", self.threshold)
-
-
-def confident(scores: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mask, hard labels) of a weak view's scores (no gradient)."""
-    confidence, targets = torch.softmax(scores.detach().float(), dim=1).max(dim=1)
-    return (confidence >= threshold).float(), targets
 
 
 @register_method("defixmatch")
@@ -68,8 +63,8 @@ class DeFixMatch(WeakStrong):
             model.encoder, batch.x, x_strong, *batch.u
         )
         tau, weight = float(self.settings.threshold), float(self.settings.weight)
-        mask, targets = confident(weak, tau)
-        mask_labeled, targets_labeled = confident(labeled, tau)
+        targets, mask = confident_targets(weak, tau)
+        targets_labeled, mask_labeled = confident_targets(labeled, tau)
         self.log_scalar("mask", mask.mean())
         self.log_scalar("mask_labeled", mask_labeled.mean())
         return {
