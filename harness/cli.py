@@ -33,6 +33,15 @@ def key_values(argv: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+def boolean(value: str) -> bool:
+    """A key=value flag: true/false (or 1/0, yes/no); ValueError otherwise (not
+    Python's bool(), to which "false" is true)."""
+    words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+    if value.lower() not in words:
+        raise ValueError(value)
+    return words[value.lower()]
+
+
 def typed_keys(argv: list[str], allowed: dict[str, type], command: str) -> dict[str, Any]:
     """``argv`` as this command's keys only (typed by ``allowed``); any other key is a
     UsageError listing the valid ones."""

@@ -21,8 +21,9 @@ import yaml
 from omegaconf import OmegaConf
 
 from harness._torchvision_compat import import_torchvision
-from harness.config import load_config
-from harness.data import load_dataset, load_or_store_split
+from harness.config import ffcv_installed, load_config
+from harness.data import load_batches, load_dataset, load_or_store_split
+from harness.data.archive_betons import NATIVE_SIZE, prepare_archive
 from harness.data.archives import (
     CIFAR10_CLASSES,
     CIFAR100_CLASSES,
@@ -30,8 +31,10 @@ from harness.data.archives import (
     read_stl10_folds,
 )
 from harness.data.datasets import UNLABELED
+from harness.data.prepare import main as prepare_main
 from harness.data.splits import draw_split, every_image_labeled
 from harness.errors import UsageError
+from harness.run import main as run_main
 from tests.conftest import needs_fashion_mnist, run_cli
 from tests.official_archives import (
     cifar100_labels,
@@ -512,3 +515,92 @@ def test_stl10s_fold_budget_labels_the_predefined_fold_of_each_seed(root, tmp_pa
     cifar = load_dataset(data_cfg("cifar10", root))
     with pytest.raises(UsageError, match="but dataset 'cifar10' has none"):
         draw_split(cifar, "fold", 0)
+
+
+needs_ffcv = pytest.mark.skipif(not ffcv_installed(), reason="ffcv is not installed (.[ffcv])")
+
+
+@pytest.fixture(scope="module")
+def betons(root, tmp_path_factory) -> dict[str, Path]:
+    """Each archive of ``root`` written as betons by ``prepare`` (SVHN with its extra)."""
+    out = tmp_path_factory.mktemp("betons")
+    names = ["cifar10", "cifar100", "stl10"] + ["svhn"] * (root / "extra_32x32.mat").exists()
+    for name in names:
+        done = prepare_archive(name, root, out / name, svhn_extra=name == "svhn", workers=1)
+        assert done == [out / name / "train.beton", out / name / "val.beton"]
+    return {name: out / name for name in names}
+
+
+@needs_ffcv
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "svhn", "stl10"])
+def test_a_beton_gives_the_archives_pixels_labels_folds_and_splits(root, betons, name):
+    """Through FFCV's loader (the one runs use), image for image in a shuffled order: the
+    pixels and labels of the archive (pool-only images too), its mean/std, STL-10's folds,
+    and the same fingerprint, so the same stored splits and run ids."""
+    if name not in betons:
+        pytest.skip("SVHN's archive is written from MNIST (bash tools/fetch_mnist.sh)")
+    size, extra = NATIVE_SIZE[name], name == "svhn"
+    archive = load_dataset(data_cfg(name, root, size, svhn_extra=extra))
+    cfg = data_cfg(name, None, size, svhn_extra=extra)
+    beton = load_dataset(OmegaConf.merge(cfg, {"loader": "ffcv", "beton": str(betons[name])}))
+    assert (beton.fingerprint, beton.classes) == (archive.fingerprint, archive.classes)
+    assert (beton.mean, beton.std) == (archive.mean, archive.std)
+    assert [f.tolist() for f in beton.folds or ()] == [f.tolist() for f in archive.folds or ()]
+    for part in ("train", "val"):
+        ours, reference = getattr(beton, part), getattr(archive, part)
+        assert ours.images is None and ours.beton is not None
+        order = np.random.default_rng(0).permutation(len(reference))
+        batches = [order[i : i + 100] for i in range(0, len(order), 100)]
+        compared = 0
+        for (x, y), (x_ref, y_ref) in zip(
+            load_batches(ours, batches, size), load_batches(reference, batches, size), strict=True
+        ):
+            assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
+            compared += len(x)
+        assert compared == len(reference)
+
+
+@needs_ffcv
+def test_prepare_skips_an_up_to_date_beton_and_refuses_bad_input(root, betons, tmp_path, capsys):
+    before = {p.name: p.stat().st_mtime_ns for p in betons["cifar10"].iterdir()}
+    prepare_archive("cifar10", root, betons["cifar10"], workers=1)
+    assert {p.name: p.stat().st_mtime_ns for p in betons["cifar10"].iterdir()} == before
+    cases = [
+        (["cifar10", f"root={tmp_path / 'none'}", f"out={tmp_path / 'o'}"], "does not exist"),
+        (["svhn", f"root={root}", f"out={tmp_path / 'o'}", "svhn_extra=maybe"], "not a valid"),
+        (["cifar10", f"root={root}", f"out={tmp_path / 'o'}", "svhn_extra=true"], "is for svhn"),
+        (["cifar100", f"out={tmp_path / 'o'}"], "prepare cifar100 needs root=DIR"),
+    ]
+    for args, message in cases:
+        capsys.readouterr()
+        assert prepare_main(args) == 2
+        stderr = capsys.readouterr().err
+        assert message in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert not (tmp_path / "o").exists()
+
+
+@needs_ffcv
+def test_a_run_from_the_beton_has_the_archives_id_and_numbers(root, betons, tmp_path, capsys):
+    """``data.beton`` is where the pixels come from, not what a run computes: the same
+    run id and the same final metrics as the run read from the archive. A beton that
+    does not fit the suite (another size, another dataset) is one line, exit 2."""
+    suite = write_suite(tmp_path, {"name": "cifar10", "path": str(root)})
+    metrics = {}
+    for name, extra in (("archive", []), ("beton", [f"data.beton={betons['cifar10']}"])):
+        results = tmp_path / name
+        done = run_cli(f"suite={suite}", f"results={results}", "report.plots=false", *extra)
+        assert done.returncode == 0, done.stderr
+        (path,) = results.glob("*/*/metrics.json")
+        numbers = json.loads(path.read_text())
+        numbers.pop("seconds")
+        metrics[name] = (path.parent.name, numbers)
+    assert metrics["beton"] == metrics["archive"]
+    for args, message in (
+        ([f"data.beton={betons['cifar10']}", "data.resize=36"], "stores cifar10 at its native 32"),
+        ([f"data.beton={betons['stl10']}"], "holds 'stl10', not cifar10"),
+    ):
+        capsys.readouterr()
+        assert run_main([f"suite={suite}", f"results={tmp_path / 'bad'}", *args]) == 2
+        stderr = capsys.readouterr().err
+        assert message in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert not (tmp_path / "bad").exists()

@@ -268,7 +268,7 @@ def test_imagenet_suites_name_the_missing_data_location(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ((), "unknown command '(none)'; valid choices: demo, imagenet"),
+        ((), "unknown command '(none)'; valid choices: cifar10, cifar100, demo, imagenet, stl"),
         (("imagenet", "out=/tmp/x"), "prepare imagenet needs root=DIR"),
         (("imagenet", "root=/nonexistent", "out=/tmp/x"), "'/nonexistent/train' does not exist"),
         (("imagenet", "root=/tmp", "out=/tmp/x", "write_mode=png"), "unknown write_mode 'png'"),

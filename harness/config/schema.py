@@ -39,8 +39,9 @@ class DataConfig:
     # with its mirror image (FixMatch's weak view: 4 px at 32, translations of 12.5%)
     pad: int = 0
     num_workers: int = 0  # loader processes (FFCV: threads) for datasets read from disk
-    # how imagenet is read: ffcv (data.beton) | torchvision (ImageFolder + PIL, data.path) |
-    # auto = ffcv where it is installed and data.beton is set; resolved before run ids
+    # how imagenet (and cifar10/cifar100/svhn/stl10) is read: ffcv (data.beton) |
+    # torchvision (ImageFolder + PIL, or the archive in memory, data.path) | auto = ffcv
+    # where it is installed and data.beton is set; resolved before run ids
     loader: str = "auto"
     beton: str | None = None  # folder of train.beton/val.beton (python -m harness.data.prepare)
     # svhn only: extra_32x32.mat's 531k images join the unlabeled pool (never labeled), as

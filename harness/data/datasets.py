@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -121,7 +122,7 @@ def load_dataset(data_cfg: DictConfig) -> Dataset:
     if data_cfg.name not in DATASETS:
         raise unknown("dataset (data.name)", data_cfg.name, DATASETS)
     # load_config resolved data.loader; a bare data section (tests) reads files with PIL
-    args = _Args(
+    args = LoaderArgs(
         data_cfg.path,
         data_cfg.resize,
         data_cfg.get("loader", "torchvision"),
@@ -132,12 +133,12 @@ def load_dataset(data_cfg: DictConfig) -> Dataset:
 
 
 @lru_cache(maxsize=4)
-def _load_cached(name: str, args: _Args) -> Dataset:
+def _load_cached(name: str, args: LoaderArgs) -> Dataset:
     return DATASETS[name](args)
 
 
 @dataclass(frozen=True)
-class _Args:
+class LoaderArgs:
     path: str | None
     resize: int
     loader: str = "torchvision"  # ffcv reads `beton`; anything else `path`
@@ -213,7 +214,7 @@ def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 @register_dataset("digits")
-def load_digits(args: _Args) -> Dataset:
+def load_digits(args: LoaderArgs) -> Dataset:
     """scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes).
 
     There is no official split: every 4th image (index % 4 == 3) is val, a fixed
@@ -250,7 +251,7 @@ def _idx_parts(name: str, root: Path, hint: str, resize: int) -> dict[str, Image
 
 
 @register_dataset("fashion_mnist")
-def load_fashion_mnist(args: _Args) -> Dataset:
+def load_fashion_mnist(args: LoaderArgs) -> Dataset:
     """Fashion-MNIST from its standard idx files (60k train, the 10k test set as val)."""
     root = Path(args.path or FASHION_MNIST_DEFAULT)
     if not root.is_dir():
@@ -283,7 +284,7 @@ def mnist_folder(path: str | None) -> Path:
 
 
 @register_dataset("mnist")
-def load_mnist(args: _Args) -> Dataset:
+def load_mnist(args: LoaderArgs) -> Dataset:
     """MNIST from its four standard idx files, gzipped or not (60k train, the 10k test
     set as val, as for Fashion-MNIST)."""
     root = mnist_folder(args.path)
@@ -336,40 +337,95 @@ def _archive_dataset(
 
 
 @register_dataset("cifar10")
-def load_cifar10(args: _Args) -> Dataset:
+def load_cifar10(args: LoaderArgs) -> Dataset:
     """CIFAR-10's python version (``cifar-10-batches-py/``): 50k train, the 10k test set
     as val."""
+    if args.loader == "ffcv":
+        return _from_betons("cifar10", args)
     parts = read_cifar("cifar10", archive_folder("cifar10", args.path))
     return _archive_dataset("cifar10", parts, CIFAR10_CLASSES, args.resize)
 
 
 @register_dataset("cifar100")
-def load_cifar100(args: _Args) -> Dataset:
+def load_cifar100(args: LoaderArgs) -> Dataset:
     """CIFAR-100's python version (``cifar-100-python/``), its 100 fine labels: 50k
     train, the 10k test set as val."""
+    if args.loader == "ffcv":
+        return _from_betons("cifar100", args)
     parts = read_cifar("cifar100", archive_folder("cifar100", args.path))
     return _archive_dataset("cifar100", parts, CIFAR100_CLASSES, args.resize)
 
 
 @register_dataset("svhn")
-def load_svhn(args: _Args) -> Dataset:
+def load_svhn(args: LoaderArgs) -> Dataset:
     """SVHN's cropped digits (``train_32x32.mat``, ``test_32x32.mat`` as val). With
     ``data.svhn_extra=true`` the 531k ``extra_32x32.mat`` images join the unlabeled pool
     (the protocols of the classic SSL papers), their labels never read."""
+    if args.loader == "ffcv":
+        return _from_betons("svhn", args)
     parts = read_svhn(archive_folder("svhn", args.path), extra=args.svhn_extra)
     pools = ("extra",) if args.svhn_extra else ()
     return _archive_dataset("svhn", parts, SVHN_CLASSES, args.resize, pools)
 
 
 @register_dataset("stl10")
-def load_stl10(args: _Args) -> Dataset:
+def load_stl10(args: LoaderArgs) -> Dataset:
     """STL-10's binary version (``stl10_binary/``): 5k labeled train images, then the
     100k unlabeled ones (in every split's pool, never labeled), the 8k test set as val."""
+    if args.loader == "ffcv":
+        return _from_betons("stl10", args)
     folder = archive_folder("stl10", args.path)
     parts = read_stl10(folder)
     dataset = _archive_dataset("stl10", parts, STL10_CLASSES, args.resize, ("unlabeled",))
     folds = read_stl10_folds(folder, len(parts["train"]))
     return dataset if folds is None else replace(dataset, folds=tuple(folds))
+
+
+def _from_betons(name: str, args: LoaderArgs) -> Dataset:
+    """The dataset ``name`` from ``args.beton``'s betons, the same targets, statistics,
+    folds and fingerprint as from the archive (so the same stored splits); the betons
+    are written by ``harness.data.archive_betons``."""
+    if not args.beton:
+        raise UsageError(
+            f"data.loader=ffcv needs data.beton=<folder with train.beton and val.beton> "
+            f"(write them with `python -m harness.data.prepare {name} root=... out=...`), "
+            "or data.loader=torchvision with data.path=<the archive's folder>"
+        )
+    hint = f"write it with `python -m harness.data.prepare {name} root=... out={args.beton}`"
+    parts: dict[str, ImageSet] = {}
+    metas: dict[str, dict[str, Any]] = {}
+    for part in ("train", "val"):
+        beton = Path(args.beton) / f"{part}.beton"
+        meta = read_manifest(beton, hint)
+        settings = meta.get("settings", {})
+        if settings.get("dataset") != name:
+            raise UsageError(f"{str(beton)!r} holds {settings.get('dataset')!r}, not {name}")
+        if args.resize != settings["size"]:
+            raise UsageError(
+                f"data.resize={args.resize}: {str(beton)!r} stores {name} at its native "
+                f"{settings['size']} px, read as stored; set data.resize={settings['size']}, "
+                "or data.loader=torchvision to resize in memory"
+            )
+        if settings["svhn_extra"] != args.svhn_extra:
+            raise UsageError(
+                f"data.svhn_extra={str(args.svhn_extra).lower()} but {str(beton)!r} was "
+                f"written with svhn_extra={str(settings['svhn_extra']).lower()}: write it "
+                "again with the same setting, into another folder"
+            )
+        parts[part] = ImageSet(np.asarray(meta["targets"], np.int64), beton=str(beton))
+        metas[part] = meta
+    train = metas["train"]
+    folds = tuple(np.asarray(fold, np.int64) for fold in train["folds"]) or None
+    return Dataset(
+        name,
+        parts["train"],
+        parts["val"],
+        tuple(train["classes"]),
+        3,
+        tuple(train["mean"]),
+        tuple(train["std"]),
+        folds=folds,
+    )
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
@@ -421,7 +477,7 @@ def decode_square(path: str, size: int) -> torch.Tensor:
 
 
 @register_dataset("image_folder")
-def load_image_folder(args: _Args) -> Dataset:
+def load_image_folder(args: LoaderArgs) -> Dataset:
     """The ImageNet directory layout: ``path/train/<class>/*`` and ``path/val/<class>/*``."""
     if args.path is None:
         raise UsageError("dataset image_folder needs data.path (a folder with train/ and val/)")
@@ -437,7 +493,7 @@ def load_image_folder(args: _Args) -> Dataset:
 
 
 @register_dataset("imagenet")
-def load_imagenet(args: _Args) -> Dataset:
+def load_imagenet(args: LoaderArgs) -> Dataset:
     """ILSVRC-2012 (or any folder in its layout): ``train/<wnid>/*``, ``val/<wnid>/*``.
 
     ``data.loader=torchvision`` scans ``data.path`` with torchvision's ImageFolder

@@ -7,9 +7,11 @@ which both read the same files; neither imports the other.
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 import os
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,11 +113,13 @@ def scan_folder(directory: Path) -> FolderScan:
     return FolderScan(tuple(classes), files, targets)
 
 
-def read_manifest(beton: Path) -> dict[str, Any]:
+IMAGENET_BETON_HINT = "write it with `python -m harness.data.prepare imagenet root=... out=...`"
+
+
+def read_manifest(beton: Path, hint: str = IMAGENET_BETON_HINT) -> dict[str, Any]:
     """The manifest beside ``<part>.beton``, checked against the beton; UsageError if the
-    pair is missing, unreadable or cut short."""
+    pair is missing, unreadable or cut short (``hint`` says how to write it)."""
     manifest = beton.with_suffix(".json")
-    hint = "write it with `python -m harness.data.prepare imagenet root=... out=...`"
     if not beton.is_file() or not manifest.is_file():
         missing = beton if not beton.is_file() else manifest
         raise UsageError(f"{str(missing)!r} does not exist; {hint}")
@@ -132,3 +136,35 @@ def read_manifest(beton: Path) -> dict[str, Any]:
     if not isinstance(files, list) or not isinstance(classes, list):
         raise UsageError(f"manifest {str(manifest)!r} is malformed; {hint}")
     return meta
+
+
+def require_ffcv() -> None:
+    """UsageError unless the optional ffcv extra is installed (to write a beton)."""
+    if importlib.util.find_spec("ffcv") is None:
+        raise UsageError(
+            "writing .beton files needs ffcv: pip install -e '.[ffcv]' (Debian: "
+            "pkg-config libturbojpeg0-dev libopencv-dev first)"
+        )
+
+
+def write_beton(beton: Path, items: Any, image_field: Any, workers: int, chunksize: int) -> None:
+    """``items`` ((H x W x 3 uint8, label) by index) into ``beton`` with FFCV's writer,
+    atomically: into a temporary file renamed into place, the stale manifest removed
+    first, so a killed write leaves nothing a reader takes for whole (the caller writes
+    the new manifest last)."""
+    from ffcv.fields import IntField  # an optional extra ([ffcv])
+    from ffcv.writer import DatasetWriter
+
+    for stale in beton.parent.glob(f".{beton.name}.tmp-*"):
+        stale.unlink()  # a write killed earlier
+    temporary = beton.parent / f".{beton.name}.tmp-{os.getpid()}"
+    writer = DatasetWriter(
+        str(temporary), {"image": image_field, "label": IntField()}, num_workers=workers
+    )
+    try:
+        print(f"writing {beton} ({len(items)} images)", file=sys.stderr)
+        writer.from_indexed_dataset(items, chunksize=chunksize)
+        beton.with_suffix(".json").unlink(missing_ok=True)  # no old manifest beside it
+        os.replace(temporary, beton)
+    finally:
+        temporary.unlink(missing_ok=True)

@@ -2,6 +2,8 @@
 
     python -m harness.data.prepare imagenet root=/data/imagenet out=/data/ffcv
     python -m harness.data.prepare demo out=/tmp/fmnist-folder     # small real JPEG folder
+    python -m harness.data.prepare cifar10 root=~/data out=/data/ffcv/cifar10  # (or cifar100,
+        # svhn [svhn_extra=true], stl10): raw pixels, see harness.data.archive_betons
 
 ``imagenet`` scans ``root/train/<wnid>/*`` and ``root/val/<wnid>/*`` with
 torchvision's ImageFolder (so classes and files come in exactly the order the
@@ -35,7 +37,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from harness.cli import Command, run_command, typed_keys
+from harness.cli import Command, boolean, run_command, typed_keys
+from harness.data.archive_betons import ARCHIVES, prepare_archive
 from harness.data.files import (
     FASHION_MNIST_CLASSES,
     FolderScan,
@@ -43,7 +46,9 @@ from harness.data.files import (
     idx_file,
     read_idx,
     read_manifest,
+    require_ffcv,
     scan_folder,
+    write_beton,
 )
 from harness.errors import UsageError, unknown
 from harness.store import atomic_write_bytes
@@ -105,8 +110,7 @@ def write_part(
     workers: int,
 ) -> bool:
     """Write ``out/<part>.beton`` and its manifest; False if they were already up to date."""
-    from ffcv.fields import IntField, RGBImageField  # an optional extra ([ffcv])
-    from ffcv.writer import DatasetWriter  # an optional extra ([ffcv])
+    from ffcv.fields import RGBImageField  # an optional extra ([ffcv])
 
     relative = scan.relative(root / part)
     settings = _settings(short_side, max_resolution, jpeg_quality, write_mode)
@@ -117,28 +121,10 @@ def write_part(
             return False
     except UsageError:
         pass
-    for stale in out.glob(f".{part}.beton.tmp-*"):
-        stale.unlink()  # a write killed earlier
-    temporary = out / f".{part}.beton.tmp-{os.getpid()}"
-    writer = DatasetWriter(
-        str(temporary),
-        {
-            "image": RGBImageField(
-                write_mode=write_mode,
-                max_resolution=max_resolution or None,
-                jpeg_quality=jpeg_quality,
-            ),
-            "label": IntField(),
-        },
-        num_workers=workers,
+    image_field = RGBImageField(
+        write_mode=write_mode, max_resolution=max_resolution or None, jpeg_quality=jpeg_quality
     )
-    try:
-        print(f"writing {beton} ({len(scan.files)} images)", file=sys.stderr)
-        writer.from_indexed_dataset(_DecodedImages(scan, short_side), chunksize=100)
-        beton.with_suffix(".json").unlink(missing_ok=True)  # no old manifest beside it
-        os.replace(temporary, beton)
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_beton(beton, _DecodedImages(scan, short_side), image_field, workers, chunksize=100)
     meta = {
         "part": part,
         "root": str(root.resolve()),
@@ -164,13 +150,7 @@ def prepare_imagenet(
     parts: tuple[str, ...] = PARTS,
 ) -> list[Path]:
     """Both parts' betons (see the module docstring); returns the paths written or kept."""
-    try:
-        import ffcv  # noqa: F401 - an optional extra ([ffcv]): is it installed?
-    except ImportError:
-        raise UsageError(
-            "writing .beton files needs ffcv: pip install -e '.[ffcv]' (Debian: "
-            "pkg-config libturbojpeg0-dev libopencv-dev first)"
-        ) from None
+    require_ffcv()
     scans = {part: scan_folder(root / part) for part in parts}  # all checks before any write
     if len(parts) == 2:
         check_same_classes(root, scans["train"].classes, scans["val"].classes)
@@ -245,7 +225,9 @@ COMMANDS = {
     "[write_mode=jpg|raw|smart] [workers=0] [parts=train,val]",
     "demo": "out=DIR [source=/usr/share/datasets/fashion-mnist] [classes=4] "
     "[train_per_class=150] [val_per_class=50] [width=48] [height=40]",
+    **{name: "root=DIR out=DIR [workers=0]" for name in ARCHIVES},
 }
+COMMANDS["svhn"] += " [svhn_extra=false]"
 
 
 IMAGENET_KEYS = {
@@ -267,11 +249,14 @@ DEMO_KEYS = {
     "width": int,
     "height": int,
 }
+ARCHIVE_KEYS = {"root": Path, "out": Path, "workers": int, "svhn_extra": boolean}
 COMMAND = Command(
-    usage="python -m harness.data.prepare imagenet|demo key=value ...",
+    usage=f"python -m harness.data.prepare imagenet|demo|{'|'.join(ARCHIVES)} key=value ...",
     summary="imagenet: write <out>/train.beton and val.beton (FFCV) with their manifests from "
     "an ImageNet-layout folder (root/train/<wnid>/*, root/val/<wnid>/*); parts already up to "
-    "date are skipped. demo: a small real JPEG folder in that layout from Fashion-MNIST.",
+    "date are skipped. demo: a small real JPEG folder in that layout from Fashion-MNIST. "
+    "cifar10, cifar100, svhn, stl10: their official archives at root (the layout torchvision "
+    "reads) as <out>/train.beton and val.beton, raw pixels at the native size.",
     keys=[(f"prepare {name}", keys) for name, keys in COMMANDS.items()],
 )
 
@@ -284,6 +269,17 @@ def _main(argv: list[str]) -> int:
     if not argv or argv[0] not in COMMANDS:
         raise unknown("command", argv[0] if argv else "(none)", COMMANDS)
     command, rest = argv[0], argv[1:]
+    if command in ARCHIVES:
+        args = typed_keys(rest, ARCHIVE_KEYS, f"prepare {command}")
+        for key in ("root", "out"):
+            if key not in args:
+                raise UsageError(f"prepare {command} needs {key}=DIR: {COMMANDS[command]}")
+        if args.get("workers", 0) < 0:
+            raise UsageError(f"workers={args['workers']} must be >= 0 (0: one per CPU)")
+        root, out = args.pop("root"), args.pop("out")
+        for path in prepare_archive(command, root, out, **args):
+            print(path)
+        return 0
     if command == "imagenet":
         args = typed_keys(rest, IMAGENET_KEYS, "prepare imagenet")
         for key in ("root", "out"):
