@@ -25,6 +25,49 @@ def logits_of(network: nn.Module, *batches: torch.Tensor) -> list[torch.Tensor]:
     return list(scores.split([len(b) for b in batches]))
 
 
+def has_dropout(network: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) for m in network.modules())
+
+
+@contextmanager
+def dropout_off(network: nn.Module) -> Iterator[None]:
+    """Every dropout layer of ``network`` in eval mode for the while, nothing else: a
+    pass that makes targets (a pseudo-label, a teacher's guess) without dropout's noise,
+    batch norm still in training mode."""
+    layers = [
+        m for m in network.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.training
+    ]
+    try:
+        for layer in layers:
+            layer.eval()
+        yield
+    finally:
+        for layer in layers:
+            layer.train()
+
+
+def teacher_pass(network: nn.Module, *batches: torch.Tensor) -> list[torch.Tensor]:
+    """Scores that only make targets, with ``teacher_dropout=false``: no gradient,
+    dropout off, batch-norm running statistics untouched (they follow the trained pass
+    alone, as in a reference whose one pass holds every view)."""
+    with torch.no_grad(), dropout_off(network), batch_norm_stats_kept(network):
+        return logits_of(network, *batches)
+
+
+def logits_with_targets(
+    network: nn.Module, batches: list[torch.Tensor], targets_at: int, teacher_dropout: bool
+) -> list[torch.Tensor]:
+    """``logits_of(network, *batches)``, except that with ``teacher_dropout`` false and
+    dropout in the network, the batch at ``targets_at`` (one that only makes targets,
+    e.g. FixMatch's weak view) comes from a ``teacher_pass``. The reference code's
+    networks (WRN) have no dropout, so its one pass is ours for them either way."""
+    if teacher_dropout or not has_dropout(network):
+        return logits_of(network, *batches)
+    trained = logits_of(network, *batches[:targets_at], *batches[targets_at + 1 :])
+    (target,) = teacher_pass(network, batches[targets_at])
+    return [*trained[:targets_at], target, *trained[targets_at:]]
+
+
 def labeled_cost(network: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
     """The labeled batch's cross-entropy alone: what these methods train on where a
     stage has no pool (every image labeled) and so no unlabeled views."""

@@ -17,7 +17,7 @@ from torch import nn
 from harness.config import check_augmentation, check_fraction, check_positive, check_weight
 from harness.ema import WithEMA
 from harness.method import Batch, Stage
-from methods._common import EMAEvaluated, logits_of
+from methods._common import EMAEvaluated, logits_with_targets
 
 
 @dataclass
@@ -29,6 +29,9 @@ class WeakStrongSettings:
     ema_decay: float = 0.999  # the evaluated EMA (USB ema_m)
     weak: str = "weak"  # the augmentation of the view that makes the target
     strong: str = "strong"  # ... and of the view it trains
+    # false: the weak view's pass runs without dropout, where the model has it (the
+    # references' WRN has none, so their one pass is ours either way)
+    teacher_dropout: bool = True
 
     def check(self, section: str) -> None:
         check_augmentation(f"{section}.weak", self.weak)
@@ -67,7 +70,9 @@ class WeakStrong(EMAEvaluated):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Scores of the labeled batch, the weak views and the strong views."""
         assert isinstance(model, WithEMA)
-        labeled, weak, strong = logits_of(model.encoder, batch.x, *batch.u)
+        labeled, weak, strong = logits_with_targets(
+            model.encoder, [batch.x, *batch.u], 1, self.settings.teacher_dropout
+        )
         return labeled, weak, strong
 
 

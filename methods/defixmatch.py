@@ -29,7 +29,7 @@ from torch import nn
 from harness.config import check_fraction, register_settings
 from harness.ema import WithEMA
 from harness.method import Batch, Stage, register_method
-from methods._common import labeled_cost, logits_of
+from methods._common import labeled_cost, logits_with_targets
 from methods._weak_strong import WeakStrong, WeakStrongSettings, masked_cross_entropy
 from methods.fixmatch import confident_targets
 
@@ -59,8 +59,10 @@ class DeFixMatch(WeakStrong):
             return labeled_cost(model.encoder, batch)
         assert isinstance(model, WithEMA)
         (x_strong,) = batch.x_views
-        labeled, labeled_strong, weak, strong = logits_of(
-            model.encoder, batch.x, x_strong, *batch.u
+        # teacher_dropout=false: the unlabeled weak view's pass without dropout (the
+        # labeled weak view is trained on, so it stays in the trained pass)
+        labeled, labeled_strong, weak, strong = logits_with_targets(
+            model.encoder, [batch.x, x_strong, *batch.u], 2, self.settings.teacher_dropout
         )
         tau, weight = float(self.settings.threshold), float(self.settings.weight)
         targets, mask = confident_targets(weak, tau)

@@ -38,7 +38,7 @@ from harness.config import (
 )
 from harness.ema import WithEMA
 from harness.method import Batch, Stage, register_method
-from methods._common import EMAEvaluated, labeled_cost, logits_of
+from methods._common import EMAEvaluated, labeled_cost, logits_with_targets
 
 
 @register_settings("fixmatch")
@@ -50,6 +50,8 @@ class FixMatchSettings:
     ema_decay: float = 0.999
     weak: str = "weak"  # the augmentation of the view that makes the pseudo-label
     strong: str = "strong"  # ... and of the view it trains
+    # false: the pseudo-label pass without dropout where the model has it (WRN has none)
+    teacher_dropout: bool = True
 
     def __post_init__(self) -> None:
         check_augmentation("fixmatch.weak", self.weak)
@@ -89,7 +91,9 @@ class FixMatch(EMAEvaluated):
         if not batch.u:
             return labeled_cost(model.encoder, batch)
         weak_view, strong_view = batch.u
-        labeled, weak, strong = logits_of(model.encoder, batch.x, weak_view, strong_view)
+        labeled, weak, strong = logits_with_targets(
+            model.encoder, [batch.x, weak_view, strong_view], 1, settings.teacher_dropout
+        )
         targets, mask = confident_targets(weak, settings.threshold)
         per_image = F.cross_entropy(strong, targets, reduction="none")
         self.log_scalar("mask", mask.mean())

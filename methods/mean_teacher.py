@@ -26,6 +26,7 @@ Defaults (``mean_teacher`` section):
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +37,13 @@ from harness.config import check_fraction, check_weight, register_settings
 from harness.ema import WithEMA
 from harness.method import Batch, Stage, register_method
 from harness.ramps import sigmoid_rampup
-from methods._common import EMAEvaluated, labeled_cost, logits_of, softmax_mse
+from methods._common import (
+    EMAEvaluated,
+    dropout_off,
+    labeled_cost,
+    logits_of,
+    softmax_mse,
+)
 
 
 @register_settings("mean_teacher")
@@ -45,6 +52,9 @@ class MeanTeacherSettings:
     ema_decay: float = 0.99
     weight: float = 8.0
     ramp: float = 0.4
+    # false: the teacher's pass without dropout, where the model has it (Tarvainen &
+    # Valpola's teacher gets the student's noise, dropout included)
+    teacher_dropout: bool = True
 
     def __post_init__(self) -> None:
         check_fraction("mean_teacher.ema_decay", self.ema_decay, closed_low=True)
@@ -72,7 +82,10 @@ class MeanTeacher(EMAEvaluated):
         if not batch.u:
             return labeled_cost(model.encoder, batch)
         labeled, student = logits_of(model.encoder, batch.x, batch.u[0])
-        with torch.no_grad():
+        with (
+            torch.no_grad(),
+            dropout_off(model.ema) if not settings.teacher_dropout else nullcontext(),
+        ):
             teacher = model.ema(batch.u[1]).float()
             self.log_scalar("agreement", (teacher.argmax(1) == student.argmax(1)).float().mean())
         weight = settings.weight * sigmoid_rampup(batch.progress, settings.ramp)

@@ -25,6 +25,7 @@ first 800 steps, in the trained network and its EMA alike (measured).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,7 @@ from harness.method import Batch, Stage, register_method
 from harness.ramps import linear_rampup
 from methods._common import (
     EMAEvaluated,
+    dropout_off,
     labeled_cost,
     logits_of,
     sharpen,
@@ -55,6 +57,9 @@ class MixMatchSettings:
     weight: float = 75.0
     ramp: float = 0.4  # of the stage; the paper's 16,000 steps are 1/64 of its 2^20
     ema_decay: float = 0.999
+    # false: the label-guessing pass without dropout, where the model has it (the
+    # reference's WRN has none)
+    teacher_dropout: bool = True
 
     def __post_init__(self) -> None:
         check_positive("mixmatch.views", self.views, integer=True)
@@ -99,7 +104,7 @@ class MixMatch(EMAEvaluated):
         if not batch.u:
             return labeled_cost(network, batch)
         classes = network.num_classes
-        with torch.no_grad():
+        with torch.no_grad(), nullcontext() if settings.teacher_dropout else dropout_off(network):
             guesses = [torch.softmax(s.float(), 1) for s in logits_of(network, *batch.u)]
             guess = sharpen(torch.stack(guesses).mean(0), settings.temperature)
         images = torch.cat([batch.x, *batch.u])

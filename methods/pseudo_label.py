@@ -32,7 +32,7 @@ from torch import nn
 from harness.config import check_fraction, check_weight, register_settings
 from harness.method import Batch, Method, Stage, register_method
 from harness.ramps import sigmoid_rampup
-from methods._common import labeled_cost, logits_of
+from methods._common import has_dropout, labeled_cost, logits_of, teacher_pass
 
 
 @register_settings("pseudo_label")
@@ -41,6 +41,9 @@ class PseudoLabelSettings:
     threshold: float = 0.95  # τ; 0 keeps every pseudo-label (Lee)
     weight: float = 1.0  # the ramp's maximum
     ramp: float = 0.4  # ramp-up length, fraction of the stage
+    # false: the pseudo-labels come from a second pass without dropout (Lee 2013 takes
+    # them from the trained pass, dropout on), where the model has dropout
+    teacher_dropout: bool = True
 
     def __post_init__(self) -> None:
         check_weight("pseudo_label.weight", self.weight)
@@ -60,8 +63,12 @@ class PseudoLabel(Method):
         if not batch.u:  # every image labeled: no pool to pseudo-label
             return labeled_cost(model, batch)
         labeled, unlabeled = logits_of(model, batch.x, batch.u[0])
+        if not settings.teacher_dropout and has_dropout(model):
+            (scores,) = teacher_pass(model, batch.u[0])
+        else:
+            scores = unlabeled
         with torch.no_grad():
-            confidence, targets = torch.softmax(unlabeled.float(), dim=1).max(dim=1)
+            confidence, targets = torch.softmax(scores.float(), dim=1).max(dim=1)
             keep = (confidence >= settings.threshold).float()
         per_image = F.cross_entropy(unlabeled, targets, reduction="none")
         ramp = sigmoid_rampup(batch.progress, settings.ramp)

@@ -144,3 +144,47 @@ def test_the_weak_views_pad_mirrors_the_border_as_numpy_does():
     assert run_relevant(load_config(["data.pad=4"]), ["pretrain", "finetune"])["data"]["pad"] == 4
     with pytest.raises(UsageError, match="data.pad must be >= 0, got -1"):
         load_config(["data.pad=-1"])
+
+
+TEACHER_DROPOUT = (
+    *("fixmatch", "flexmatch", "freematch", "softmatch", "dash", "adamatch", "uda"),
+    *("defixmatch", "pseudo_label", "mean_teacher", "mixmatch"),
+)
+
+
+@pytest.mark.parametrize("name", TEACHER_DROPOUT)
+def test_teacher_dropout_off_makes_the_targets_without_dropout(name):
+    """``<method>.teacher_dropout=false`` on a model with dropout (digits' VGG): the pass
+    that makes the targets runs with every dropout layer off and no gradient, the
+    trained passes keep dropout, and the terms still train the network; at the default
+    every dropout layer is on in every pass (the one pass of the reference code), and the
+    key enters a run id only where it is false."""
+    from tests.test_adaptive_ssl import SHORT_MU, with_labeled_views
+
+    seen: dict[bool, list[tuple[bool, int, bool]]] = {}
+    for teacher_dropout in (True, False):
+        cfg, dataset = digits(*SHORT_MU, f"{name}.teacher_dropout={teacher_dropout}")
+        method, model = built(cfg, dataset, name)
+        model.train()
+        calls = seen.setdefault(teacher_dropout, [])
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.register_forward_hook(
+                    lambda m, inputs, out, calls=calls: calls.append(
+                        (m.training, len(inputs[0]), torch.is_grad_enabled())
+                    )
+                )
+        batch = real_batch(cfg, dataset, method.unlabeled_views, unlabeled=64)
+        batch.u_index, batch.pool_size = torch.arange(64), 100
+        with_labeled_views(batch, method, cfg, dataset)
+        terms = method.loss(model, Stage("train", unlabeled=True), batch)
+        sum(terms.values()).backward()
+        trained = list(method.parameters(model, Stage("train", unlabeled=True)))
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in trained)
+        in_id = cfg[name].teacher_dropout is False
+        relevant = run_relevant(cfg, [], method.config_sections)
+        assert ("teacher_dropout" in relevant[name]) == in_id
+    assert seen[True] and all(training for training, _, _ in seen[True])
+    off = [(size, grad) for training, size, grad in seen[False] if not training]
+    assert off and all(size % 64 == 0 and not grad for size, grad in off)  # the pool views
+    assert any(training and grad for training, _, grad in seen[False])

@@ -66,6 +66,14 @@ ADDED_KEYS: dict[tuple[str, ...], Any] = {
     ("data", "pad"): 0,
     ("optim", "decay_on"): "all",
     ("optim", "ema_warmup"): False,
+    # the passes that make targets keep the model's dropout (issue 34)
+    **{
+        (section, "teacher_dropout"): True
+        for section in (
+            *("fixmatch", "flexmatch", "freematch", "softmatch", "dash", "adamatch"),
+            *("uda", "defixmatch", "pseudo_label", "mean_teacher", "mixmatch"),
+        )
+    },
 }
 
 
