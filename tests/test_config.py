@@ -6,6 +6,7 @@ import pytest
 
 from harness.config import load_config, parse_overrides
 from harness.errors import UsageError
+from harness.method import available_methods
 from harness.plan import make_plan, resolve_methods
 from tests.conftest import FASHION_MNIST, needs_fashion_mnist
 
@@ -67,21 +68,21 @@ def test_bad_config_names_the_value_and_the_choices(argv, expected):
 
 
 def test_methods_all_and_unknown_method():
-    on_vgg = resolve_methods(load_config(["methods=[all]", "model.name=vgg_small_2"]))
-    assert "vat" not in on_vgg  # the digits suite schedules no `train` stage
-    assert on_vgg[0] == "baseline" and "swwae_all" in on_vgg
+    # the default suite schedules every stage kind and gives the Ladder family its MLP:
+    # `all` there is every registered method, the baseline first
+    on_digits = resolve_methods(load_config(["methods=[all]"]))
+    assert on_digits[0] == "baseline" and set(on_digits) == set(available_methods())
+    # a suite without a `train` stage leaves out the one-stage methods
+    on_vgg = resolve_methods(load_config(["suite=fashion_mnist", "methods=[all]"]))
+    assert "vat" not in on_vgg and on_vgg[0] == "baseline" and "swwae_all" in on_vgg
     # the Ladder's methods train only their own models: `all` leaves them out elsewhere
     assert not any(name.startswith("ladder") for name in on_vgg)
-    on_ladder = resolve_methods(
-        load_config(["methods=[all]", "model.name=ladder_mlp", "schedule.train.epochs=1"])
-    )
+    fashion_train = ["suite=fashion_mnist", "methods=[all]", "schedule.train.epochs=1"]
+    fashion_train.append("schedule.train.lr=0.001")
+    on_ladder = resolve_methods(load_config([*fashion_train, "model.name=ladder_mlp"]))
     assert {"baseline", "ladder", "ladder_gamma", "ladder_supervised"} <= set(on_ladder)
     # ... unless a method's own model is given under per_method
-    own = resolve_methods(
-        load_config(
-            ["methods=[all]", "per_method.ladder.model.name=ladder_mlp", "schedule.train.epochs=1"]
-        )
-    )
+    own = resolve_methods(load_config([*fashion_train, "per_method.ladder.model.name=ladder_mlp"]))
     assert "ladder" in own and "ladder_gamma" not in own and "vat" in own
     unknown_one = "unknown method 'nope'; valid choices: adamatch, baseline"
     with pytest.raises(UsageError, match=unknown_one):

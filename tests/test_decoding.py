@@ -70,7 +70,9 @@ def make_model(cfg, name: str):
 
 def test_all_six_variants_are_registered_after_the_baseline():
     cfg = load_config(["methods=all", "labels=[100]", "seeds=[0]"])
-    assert [spec.method for spec in make_plan(cfg)][:7] == ["baseline", *VARIANTS]
+    planned = [spec.method for spec in make_plan(cfg)]
+    assert planned[0] == "baseline"
+    assert [m for m in planned if m.startswith(("sae_", "swwae_"))] == VARIANTS
 
 
 @pytest.mark.parametrize("name", VARIANTS)

@@ -121,7 +121,11 @@ def reference(tmp_path_factory) -> dict[str, dict]:
 
 
 def test_waves_put_each_run_one_wave_after_its_dependencies_and_chunks_cut_arrays():
-    plan = plan_of("methods=all", "labels=[100,500]", "seeds=[0,1]")
+    plan = plan_of(
+        "methods=[baseline,sae_first,sae_all,sae_layerwise,swwae_first,swwae_all,swwae_layerwise]",
+        "labels=[100,500]",
+        "seeds=[0,1]",
+    )
     grouped = waves(plan)
     assert [len(wave) for wave in grouped] == [4, 24]
     assert {s.method for s in grouped[0]} == {"baseline"}
