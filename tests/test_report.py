@@ -9,6 +9,7 @@ many errors swapped in as out (no difference).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -704,3 +705,46 @@ def test_status_and_the_report_name_the_published_cells_with_no_run_yet(results)
     # the paper's grid, its columns in the table's order: published / ours
     ours = pd.read_csv(results / "digits" / "report" / "published.csv")["ours_mean"][0]
     assert f"| baseline | 500 |  | 20.00 / {ours:.2f} |" in text
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if not CHROMIUM and os.environ.get("CI"):
+    pytest.fail("CI must open the report page in Chromium, but it is not installed", pytrace=False)
+
+
+@pytest.mark.skipif(not CHROMIUM, reason="Debian's chromium is not installed")
+def test_the_report_page_holds_everything_and_a_headless_browser_renders_it(suite, tmp_path):
+    """index.html: one self-contained page (no script, no link off the page) with the
+    table, the verdicts, the published numbers and every figure embedded; headless
+    Chromium loads it with no console message and its screenshot shows the table (dark
+    text on the first screen) and the figures (colour further down)."""
+    from PIL import Image
+
+    cfg, plan = suite
+    paper = load_config([*ARGS, f"results={cfg.results}", "report.plots=true", PUBLISHED])
+    report = build_report(paper, plan)
+    page = (report.folder / "index.html").read_text()
+    for method in METHODS:
+        assert f">{method}</td>" in page
+    assert "Against the baseline" in page and "Published results beside ours" in page
+    pngs = sorted(p.name for p in report.folder.glob("*.png"))
+    assert pngs and page.count("data:image/png;base64,") == len(pngs)
+    assert all(f"<figcaption>{name}</figcaption>" in page for name in pngs)
+    assert "<script" not in page and not re.search(r"(src|href)=\"(https?:|//)", page)
+    shot = tmp_path / "page.png"
+    browser = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    browser += ["--enable-logging=stderr", "--v=0", "--window-size=1366,2400"]
+    done = subprocess.run(
+        [*browser, f"--screenshot={shot}", (report.folder / "index.html").as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "CONSOLE" not in done.stderr, done.stderr
+    image = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert image.shape[:2] == (2400, 1366)
+    top, rest = image[:700], image[700:]
+    assert (top.sum(axis=2) < 200).mean() > 0.005  # text: the title and the table
+    colour = np.abs(rest - rest.mean(axis=2, keepdims=True)).sum(axis=2) > 60
+    assert colour.mean() > 0.001  # the figures' coloured marks

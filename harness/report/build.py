@@ -5,7 +5,8 @@ give the same runs; ``methods=`` chooses the rows) and writes
 ``results/<suite>/report/``: ``table.md`` and ``table.tex`` (the paper's error
 table with significance marks), ``stats.csv`` (every method against the
 baseline), the figures (PNG + PDF) and ``summary.md``, with the sections and
-figures the method families add (``harness.report.extras``), and where the suite
+figures the method families add (``harness.report.extras``), ``index.html`` (all of it
+on one page, ``harness.report.page``), and where the suite
 lists a paper's numbers (``published:``) ``published.md`` and ``published.csv``
 (``harness.report.published``). ``harness.run``
 calls it when its runs are done. Only the store is read (``harness.report.data``);
@@ -32,6 +33,7 @@ from harness.report.claims import CLAIMS_TITLE, claim_table, claims_markdown
 from harness.report.compare import BASELINE, MARKS_TEST, compare
 from harness.report.data import ERROR_COLUMNS, STATUSES, final_errors, load_runs
 from harness.report.extras import ExtraInputs, Section, report_extras
+from harness.report.page import render_page
 from harness.report.published import PUBLISHED_TITLE, published_markdown, published_table
 from harness.report.stats import seeds_needed, smallest_p
 from harness.report.tables import (
@@ -83,7 +85,9 @@ def build_report(cfg: DictConfig, plan: list[RunSpec]) -> Report:
     extras = report_extras(ExtraInputs(runs, history, suite_dir, methods, out, cfg.report.plots))
     figures += extras.figures
     sections = _published(cfg, runs, out) + _claims(cfg, runs, out) + extras.sections
-    _write(out / "summary.md", summary(cfg, runs, comparisons, methods, sections, figures))
+    summary_md = summary(cfg, runs, comparisons, methods, sections, figures)
+    _write(out / "summary.md", summary_md)
+    _write(out / "index.html", render_page(cfg.suite, table_md, summary_md, figures))
     return Report(out, table_md, sections, runs, comparisons)
 
 
@@ -371,7 +375,7 @@ def print_report(cfg: DictConfig, report: Report) -> None:
         print(f"## {cfg.suite}: {section.screen_title}\n")
         print(section.markdown)
     files = (
-        "table.md, table.tex, stats.csv, summary.md"
+        "index.html, table.md, table.tex, stats.csv, summary.md"
         + (", published.md, published.csv" if cfg.published else "")
         + (", claims.csv" if cfg.claims else "")
     )
