@@ -73,7 +73,9 @@ def validate(argv: list[str]) -> tuple[DictConfig, list[RunSpec]]:
     # every split drawn (and a stored one checked) now; with every image labeled, stages
     # that train on the pool read the labeled set (harness.engine.context.Context.draws_pool)
     for labels, seed in dict.fromkeys((spec.labels, spec.split_seed) for spec in plan):
-        load_or_store_split(Path(cfg.results), dataset, labels, seed, store=False)
+        load_or_store_split(
+            Path(cfg.results), dataset, labels, seed, store=False, holdout=cfg.data.holdout
+        )
     return cfg, plan
 
 

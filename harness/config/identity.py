@@ -66,6 +66,7 @@ ADDED_KEYS: dict[tuple[str, ...], Any] = {
     ("data", "pad"): 0,
     ("optim", "decay_on"): "all",
     ("optim", "ema_warmup"): False,
+    ("data", "holdout"): 0,  # the validation split (issue 36)
     # the passes that make targets keep the model's dropout (issue 34)
     **{
         (section, "teacher_dropout"): True

@@ -38,6 +38,7 @@ from harness.config.schema import (
 )
 from harness.config.settings import method_sections
 from harness.data import budget_key
+from harness.data.splits import holdout_key
 from harness.errors import UsageError, unknown
 from harness.method import available_methods
 from harness.plugins import use_plugins
@@ -222,7 +223,7 @@ def _check_per_method(cfg: DictConfig) -> None:
         if not isinstance(overrides, DictConfig):
             raise UsageError(f"per_method.{name} must be a mapping of keys, got {overrides!r}")
         for key in overrides.get("data") or {}:
-            if key in ("name", "path", "beton", "loader", "svhn_extra"):
+            if key in ("name", "path", "beton", "loader", "svhn_extra", "holdout"):
                 raise UsageError(
                     f"per_method.{name}.data.{key}: every method of a suite reads the same "
                     "dataset; per_method may set data.resize, data.crop and data.hflip"
@@ -313,6 +314,7 @@ def _check_values(cfg: DictConfig) -> None:
             f"optim.name={cfg.optim.name} optim.momentum={cfg.optim.momentum}"
         )
     _choice("data.loader", cfg.data.loader, ("auto", "ffcv", "torchvision"))
+    holdout_key(cfg.data.holdout)  # a count or a fraction; the split checks the sizes
     _choice("launcher", cfg.launcher, LAUNCHER_NAMES)
     for name in cfg.logger:
         _choice("logger", name, LOGGERS)

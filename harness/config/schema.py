@@ -47,6 +47,11 @@ class DataConfig:
     # svhn only: extra_32x32.mat's 531k images join the unlabeled pool (never labeled), as
     # the classic SSL protocols use it; in a run's id where on (ADDED_KEYS)
     svhn_extra: bool = False
+    # the validation split: labeled training images held out per seed, before the labeled
+    # subset is drawn (a class-balanced count, or a fraction in (0, 1) of each class);
+    # evaluations during training read it, the official test set is read once at the
+    # end. 0: none (val is the test set, as in every earlier run id)
+    holdout: Any = 0
 
 
 @dataclass

@@ -10,6 +10,12 @@ exactly; such a split is the same for every seed. It does not depend on the
 method, so every method of a suite sees the same labeled images. It is stored
 once, with the hash of its content, and every later load checks that hash: a
 changed file is an error, never a silent redraw.
+
+With ``data.holdout`` (a count or a fraction, class-balanced like a budget), a
+validation split of labeled training images is drawn first, per seed, and the
+labeled subset and the pool from the rest: disjoint from both, stored and
+hash-checked with them. Tuning and the learning curves read it; the official test
+set is then read once, by the final model (Oliver et al. 2018, §4.6).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import io
 import json
 import math
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,16 +43,61 @@ class Split:
     budget: str
     seed: int
     dataset_fingerprint: str
+    # sorted: the validation split (data.holdout), in neither of the above; empty: none
+    holdout: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
 
     @property
     def content_hash(self) -> str:
-        return split_hash(self.labeled, len(self.labeled) + len(self.unlabeled))
+        size = len(self.labeled) + len(self.unlabeled) + len(self.holdout)
+        return split_hash(self.labeled, size, self.holdout)
 
 
-def split_hash(labeled: np.ndarray, train_size: int) -> str:
+def split_hash(labeled: np.ndarray, train_size: int, holdout: np.ndarray | None = None) -> str:
+    """The stored hash of a split; without a holdout the same as before holdouts
+    existed, so every stored split still matches."""
     digest = hashlib.sha256(str(train_size).encode())
     digest.update(np.ascontiguousarray(labeled, dtype=np.int64).tobytes())
+    if holdout is not None and len(holdout):
+        digest.update(b"holdout")
+        digest.update(np.ascontiguousarray(holdout, dtype=np.int64).tobytes())
     return digest.hexdigest()[:16]
+
+
+def holdout_key(holdout: object) -> str:
+    """``data.holdout``'s canonical text: ``0`` (none), a count (class-balanced total)
+    or a fraction in (0, 1) of each class's labeled training images."""
+    if isinstance(holdout, bool) or not isinstance(holdout, int | float):
+        raise UsageError(
+            f"data.holdout={holdout!r} must be 0 (none), a count (int) or a fraction in (0, 1)"
+        )
+    if isinstance(holdout, float) and not holdout.is_integer():
+        if not 0 < holdout < 1:
+            raise UsageError(f"data.holdout={holdout} must be a count or a fraction in (0, 1)")
+        return repr(holdout)
+    if holdout < 0:
+        raise UsageError(f"data.holdout={holdout} must be >= 0 (0: no validation split)")
+    return str(int(holdout))
+
+
+def _holdout_counts(key: str, class_sizes: np.ndarray) -> np.ndarray:
+    classes = len(class_sizes)
+    if "." in key:
+        counts = np.maximum(1, np.round(float(key) * class_sizes)).astype(np.int64)
+    else:
+        total = int(key)
+        if total % classes:
+            raise UsageError(
+                f"data.holdout={total} cannot be split evenly over {classes} classes; use a "
+                f"multiple of {classes} (e.g. {classes * max(1, total // classes)})"
+            )
+        counts = np.full(classes, total // classes)
+    if (counts >= class_sizes).any():
+        worst = int(np.argmax(counts >= class_sizes))
+        raise UsageError(
+            f"data.holdout={key} holds out {counts[worst]} images of class {worst}, which has "
+            f"{class_sizes[worst]}: it must leave training images in every class"
+        )
+    return counts
 
 
 LIST_SUFFIX = ".txt"
@@ -170,43 +221,69 @@ def per_class_counts(budget: str, class_sizes: np.ndarray) -> np.ndarray:
     return np.maximum(1, np.round(fraction * class_sizes)).astype(np.int64)
 
 
-def draw_split(dataset: Dataset, budget: object, seed: int) -> Split:
-    """The split for (dataset, budget, seed); pure, so it can validate without writing."""
-    key = budget_key(budget)
+def draw_split(dataset: Dataset, budget: object, seed: int, holdout: object = 0) -> Split:
+    """The split for (dataset, budget, seed, holdout); pure, so it can validate without
+    writing. The holdout is drawn first (from a list's or fold's unlabeled images), the
+    labeled subset from what is left."""
+    key, held_key = budget_key(budget), holdout_key(holdout)
     targets = dataset.train.targets
-    if is_list_budget(key) or key == FOLD_BUDGET:
-        if key == FOLD_BUDGET:
-            labeled = predefined_fold(dataset, seed)
-        else:
-            labeled = read_subset_list(Path(key), dataset)
-        unlabeled = np.setdiff1d(np.arange(len(targets)), labeled).astype(np.int64)
-        return Split(labeled, unlabeled, key, seed, dataset.fingerprint)
-    class_sizes = np.bincount(targets[targets != UNLABELED], minlength=dataset.num_classes)
-    counts = per_class_counts(key, class_sizes)
-    rng = numpy_rng("split", dataset.fingerprint, key, seed)
-    chosen = [rng.permutation(np.flatnonzero(targets == c))[:k] for c, k in enumerate(counts)]
-    labeled = np.sort(np.concatenate(chosen)).astype(np.int64)
-    unlabeled = np.setdiff1d(np.arange(len(targets)), labeled).astype(np.int64)
-    return Split(labeled, unlabeled, key, seed, dataset.fingerprint)
+    has_label = targets != UNLABELED
+    fixed = is_list_budget(key) or key == FOLD_BUDGET
+    labeled = np.empty(0, np.int64)
+    if fixed:
+        labeled = predefined_fold(dataset, seed) if key == FOLD_BUDGET else None
+        labeled = read_subset_list(Path(key), dataset) if labeled is None else labeled
+    held = np.empty(0, np.int64)
+    if held_key != "0":
+        free = has_label.copy()
+        free[labeled] = False
+        class_sizes = np.bincount(targets[free], minlength=dataset.num_classes)
+        counts = _holdout_counts(held_key, class_sizes)
+        rng = numpy_rng("holdout", dataset.fingerprint, held_key, seed)
+        chosen = [
+            rng.permutation(np.flatnonzero(free & (targets == c)))[:k] for c, k in enumerate(counts)
+        ]
+        held = np.sort(np.concatenate(chosen)).astype(np.int64)
+    if not fixed:
+        left = has_label.copy()
+        left[held] = False
+        class_sizes = np.bincount(targets[left], minlength=dataset.num_classes)
+        try:
+            counts = per_class_counts(key, class_sizes)
+        except UsageError as error:
+            raise UsageError(
+                f"{error} (after data.holdout={held_key})" if len(held) else str(error)
+            ) from None
+        # without a holdout, the same stream and images as before holdouts existed
+        rng = numpy_rng("split", dataset.fingerprint, key, seed)
+        chosen = [
+            rng.permutation(np.flatnonzero(left & (targets == c)))[:k] for c, k in enumerate(counts)
+        ]
+        labeled = np.sort(np.concatenate(chosen)).astype(np.int64)
+    unlabeled = np.setdiff1d(np.arange(len(targets)), np.union1d(labeled, held))
+    return Split(labeled, unlabeled.astype(np.int64), key, seed, dataset.fingerprint, held)
 
 
-def split_path(root: Path, dataset: Dataset, budget: str, seed: int) -> Path:
+def split_path(root: Path, dataset: Dataset, budget: str, seed: int, holdout: str = "0") -> Path:
     if is_list_budget(budget):
         digest = hashlib.sha256(budget.encode()).hexdigest()[:8]
         budget = f"-list-{Path(budget).stem}-{digest}"
-    return root / "splits" / f"{dataset.name}-{dataset.fingerprint}-labels{budget}-seed{seed}.npz"
+    held = "" if holdout == "0" else f"-holdout{holdout}"
+    name = f"{dataset.name}-{dataset.fingerprint}-labels{budget}{held}-seed{seed}.npz"
+    return root / "splits" / name
 
 
 def load_or_store_split(
-    root: Path, dataset: Dataset, budget: object, seed: int, store: bool = True
+    root: Path, dataset: Dataset, budget: object, seed: int, store: bool = True, holdout: object = 0
 ) -> Split:
     """The stored split, checked against its hash; drawn (and stored) on first use.
 
     With ``store=False`` nothing is written: the plan is validated this way
     before any run starts.
     """
-    drawn = draw_split(dataset, budget, seed)
-    path = split_path(root, dataset, drawn.budget, seed)
+    drawn = draw_split(dataset, budget, seed, holdout)
+    held_key = holdout_key(holdout)
+    path = split_path(root, dataset, drawn.budget, seed, held_key)
     if not path.exists():
         if not store:
             return drawn
@@ -218,12 +295,17 @@ def load_or_store_split(
             "dataset": dataset.name,
             "fingerprint": dataset.fingerprint,
         }
-        np.savez(buffer, labeled=drawn.labeled, meta=np.array(json.dumps(meta)))
+        arrays = {"labeled": drawn.labeled, "meta": np.array(json.dumps(meta))}
+        if len(drawn.holdout):
+            meta["holdout"] = held_key
+            arrays |= {"holdout": drawn.holdout, "meta": np.array(json.dumps(meta))}
+        np.savez(buffer, **arrays)
         atomic_write_bytes(path, buffer.getvalue())
         return drawn
     try:
         with np.load(path) as stored:
             labeled = stored["labeled"]
+            held = stored["holdout"] if "holdout" in stored.files else np.empty(0, np.int64)
             meta = json.loads(str(stored["meta"]))
         if not isinstance(meta, dict):
             raise ValueError("its metadata is not a mapping")
@@ -232,16 +314,23 @@ def load_or_store_split(
             f"stored split {str(path)!r} is unreadable ({error}); "
             "delete it only if no run depends on it"
         ) from None
-    actual = split_hash(labeled, len(dataset.train))
+    actual = split_hash(labeled, len(dataset.train), held)
     if actual != meta.get("hash"):
         raise UsageError(
             f"stored split {str(path)!r} does not match its hash "
             f"(stored {meta.get('hash')}, content {actual}); refusing to redraw"
         )
-    if not np.array_equal(labeled, drawn.labeled):
+    if not np.array_equal(labeled, drawn.labeled) or not np.array_equal(held, drawn.holdout):
         raise UsageError(
             f"stored split {str(path)!r} differs from the one label budget {drawn.budget} "
             "gives now (was a label list edited?); refusing to change a stored split"
         )
-    unlabeled = np.setdiff1d(np.arange(len(dataset.train)), labeled).astype(np.int64)
-    return Split(labeled.astype(np.int64), unlabeled, drawn.budget, seed, dataset.fingerprint)
+    unlabeled = np.setdiff1d(np.arange(len(dataset.train)), np.union1d(labeled, held))
+    return Split(
+        labeled.astype(np.int64),
+        unlabeled.astype(np.int64),
+        drawn.budget,
+        seed,
+        dataset.fingerprint,
+        held.astype(np.int64),
+    )

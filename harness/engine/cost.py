@@ -71,7 +71,12 @@ def plan_costs(
         key = (spec.labels, spec.split_seed)
         if key not in splits:
             splits[key] = load_or_store_split(
-                Path(cfg.results), dataset, spec.labels, spec.split_seed, store=False
+                Path(cfg.results),
+                dataset,
+                spec.labels,
+                spec.split_seed,
+                store=False,
+                holdout=cfg.data.holdout,
             )
         own = config_for(cfg, spec.method)
         costs[spec.run_id] = run_cost(own, spec, dataset, splits[key], cache, models)

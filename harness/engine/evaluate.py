@@ -79,11 +79,28 @@ def error_rates(topk: np.ndarray, targets: np.ndarray) -> tuple[float, float]:
     return 100.0 * (1.0 - hits[:, 0].mean()), 100.0 * (1.0 - hits.any(axis=1).mean())
 
 
+def part_images(ctx: Context, part: str) -> tuple[ImageSet, np.ndarray]:
+    """The images an evaluation of ``part`` reads, as (set, indices): ``train`` the
+    labeled subset; ``val`` the validation split where ``data.holdout`` holds one out
+    (every evaluation during training, the learning curves, the final val columns),
+    else the official test set; ``test`` the official test set (read once, by the final
+    model, where there is a validation split)."""
+    if part == "train":
+        return ctx.dataset.train, ctx.split.labeled
+    if part == "val" and len(ctx.split.holdout):
+        return ctx.dataset.train, ctx.split.holdout
+    return ctx.dataset.val, np.arange(len(ctx.dataset.val))
+
+
+def part_targets(ctx: Context, part: str) -> np.ndarray:
+    images, indices = part_images(ctx, part)
+    return images.targets[indices]
+
+
 def evaluate_split(ctx: Context, classifier: Encoder, part: str, dense: bool) -> np.ndarray:
-    """Top-k of every image of ``part``, in order; under DDP each rank predicts every
-    world-th image and the rows are gathered, so each image counts exactly once."""
-    images = ctx.dataset.train if part == "train" else ctx.dataset.val
-    indices = ctx.split.labeled if part == "train" else np.arange(len(images))
+    """Top-k of every image of ``part`` (``part_images``), in order; under DDP each rank
+    predicts every world-th image and the rows are gathered, so each image counts once."""
+    images, indices = part_images(ctx, part)
     cfg = ctx.cfg
     local = predict_topk(
         classifier,
@@ -112,16 +129,15 @@ def final_metrics(ctx: Context, classifier: Encoder, record: RunRecord) -> dict[
     targets, so the report can pair a method with the baseline image by image.
     """
     metrics: dict[str, float] = {}
-    targets = {
-        "val": ctx.dataset.val.targets,
-        "train": ctx.dataset.train.targets[ctx.split.labeled],
-    }
-    arrays = {targets_key(part): targets[part] for part in ("train", "val")}
+    # with a validation split (data.holdout), the official test set too, read here only
+    parts = ("train", "val", "test") if len(ctx.split.holdout) else ("train", "val")
+    targets = {part: part_targets(ctx, part) for part in parts}
+    arrays = {targets_key(part): targets[part] for part in parts}
     # the paper's table: single crop on train and val, dense on val only (a dense pass
     # over the training set would cost a whole epoch on ImageNet for nothing reported)
-    passes = [(False, "train"), (False, "val")]
+    passes = [(False, part) for part in parts]
     if DENSE in classifier.offers:
-        passes.append((True, "val"))
+        passes += [(True, part) for part in parts if part != "train"]
     for dense, part in passes:
         prefix = "dense_" if dense else ""
         topk = evaluate_split(ctx, classifier, part, dense)
@@ -140,18 +156,20 @@ def also_evaluated(ctx: Context, networks: dict[str, Encoder]) -> dict[str, floa
     metrics: dict[str, float] = {}
     for name, network in networks.items():
         topk = evaluate_split(ctx, network, "val", dense=False)
-        top1, top5 = error_rates(topk, ctx.dataset.val.targets)
+        top1, top5 = error_rates(topk, part_targets(ctx, "val"))
         metrics |= {f"{name}_top1_val": top1, f"{name}_top5_val": top5}
     return metrics
 
 
 def val_crops(ctx: Context) -> Iterator[torch.Tensor]:
-    """The val set as normalized center crops, in eval-sized batches, on the device:
-    under DDP this rank's contiguous block of it (rank 0's holds the first images)."""
-    cfg, val = ctx.cfg, ctx.dataset.val
+    """The val images (``part_images``) as normalized center crops, in eval-sized
+    batches, on the device: under DDP this rank's contiguous block of them (rank 0's
+    holds the first images)."""
+    cfg = ctx.cfg
+    images, indices = part_images(ctx, "val")
     for x in center_crop_batches(
-        val,
-        distributed.block(np.arange(len(val)), ctx.place),
+        images,
+        distributed.block(indices, ctx.place),
         cfg.eval.batch_size,
         cfg.data.resize,
         cfg.data.crop,

@@ -164,7 +164,12 @@ def _train_run(
             )
     dataset = load_dataset(cfg.data)
     split = load_or_store_split(
-        Path(cfg.results), dataset, spec.labels, spec.split_seed, store=place.is_main
+        Path(cfg.results),
+        dataset,
+        spec.labels,
+        spec.split_seed,
+        store=place.is_main,
+        holdout=cfg.data.holdout,
     )
     main = place.is_main
     if record.config_file.exists():
@@ -268,6 +273,7 @@ def _train_run(
         "seconds": round(clock.total(), 3),
         "labeled": int(len(split.labeled)),
         "unlabeled": int(len(split.unlabeled)),
+        **({"holdout": int(len(split.holdout))} if len(split.holdout) else {}),
         "split_hash": split.content_hash,
         "epochs": len(history),
     }

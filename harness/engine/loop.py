@@ -31,7 +31,7 @@ from harness.engine.batches import ImagesRead, stage_batches, steps_per_epoch
 from harness.engine.batchnorm import recompute_statistics
 from harness.engine.checkpoint import checkpoint_state, save_checkpoint
 from harness.engine.context import Context
-from harness.engine.evaluate import error_rates, evaluate_split
+from harness.engine.evaluate import error_rates, evaluate_split, part_targets
 from harness.engine.loggers import RunLog, StepScalars
 from harness.engine.provenance import Clock
 from harness.method import Batch, Method, Stage
@@ -345,7 +345,7 @@ def run_stage(
         if classifier_trains and ((epoch + 1) % every == 0 or last):
             top1, top5 = error_rates(
                 evaluate_split(ctx, method.eval_model(model), "val", dense=False),
-                ctx.dataset.val.targets,
+                part_targets(ctx, "val"),
             )
             row |= {"top1_val": top1, "top5_val": top5}
             log.evaluation(top1, top5)

@@ -37,10 +37,13 @@ from harness.report.page import render_page
 from harness.report.published import PUBLISHED_TITLE, published_markdown, published_table
 from harness.report.stats import seeds_needed, smallest_p
 from harness.report.tables import (
+    MISSING_MD,
     caption,
     fmt_p,
+    mean_std,
     render_latex,
     render_markdown,
+    seeds_text,
     table_blocks,
 )
 from harness.store import atomic_write_if_changed
@@ -71,11 +74,15 @@ def build_report(cfg: DictConfig, plan: list[RunSpec]) -> Report:
     methods = list(dict.fromkeys(spec.method for spec in plan))
     comparisons = compare(runs, methods, resamples=cfg.report.resamples)
     tested = bool((comparisons["seed"] == "all").any())
-    text = caption(cfg.suite, cfg.report.last_k, cfg.report.alpha, tested)
+    # data.holdout was checked by the config (harness.data.splits.holdout_key): 0 or more
+    holdout = "0" if not cfg.data.holdout else str(cfg.data.holdout)
+    text = caption(cfg.suite, cfg.report.last_k, cfg.report.alpha, tested, holdout)
     blocks = table_blocks(runs, comparisons, methods, cfg.report.alpha)
-    table_md = render_markdown(blocks, text)
+    validation = holdout != "0"
+    table_md = render_markdown(blocks, text, validation)
     _write(out / "table.md", table_md)
-    _write(out / "table.tex", render_latex(blocks, text, f"tab:{cfg.suite}-errors"))
+    tex = render_latex(blocks, text, f"tab:{cfg.suite}-errors", validation)
+    _write(out / "table.tex", tex)
     _write(out / "stats.csv", _csv_text(comparisons))
     figures: list[Path] = []
     if cfg.report.plots:
@@ -84,11 +91,51 @@ def build_report(cfg: DictConfig, plan: list[RunSpec]) -> Report:
         figures = all_plots(runs, history, comparisons, methods, out)
     extras = report_extras(ExtraInputs(runs, history, suite_dir, methods, out, cfg.report.plots))
     figures += extras.figures
-    sections = _published(cfg, runs, out) + _claims(cfg, runs, out) + extras.sections
+    sections = _test_set(runs, methods) + _published(cfg, runs, out) + _claims(cfg, runs, out)
+    sections += extras.sections
     summary_md = summary(cfg, runs, comparisons, methods, sections, figures)
     _write(out / "summary.md", summary_md)
     _write(out / "index.html", render_page(cfg.suite, table_md, summary_md, figures))
     return Report(out, table_md, sections, runs, comparisons)
+
+
+TEST_COLUMNS = (
+    ("top1_test", "top-1 test"),
+    ("top5_test", "top-5 test"),
+    ("dense_top1_test", "dense top-1 test"),
+    ("dense_top5_test", "dense top-5 test"),
+)
+
+
+def _test_set(runs: pd.DataFrame, methods: list[str]) -> tuple[Section, ...]:
+    """With a validation split, the official test set's errors of the final models
+    (read once per run, never used to choose anything), mean ± std over seeds; a
+    method whose seeds are not all done shows dashes, as in the table."""
+    columns = [(key, title) for key, title in TEST_COLUMNS if key in runs.columns]
+    if not columns:
+        return ()
+    lines = [
+        "The official test set, evaluated once by each run's final model (the table's "
+        "validation columns are what training and any search saw); mean ± std over seeds.",
+        "",
+        "| labels | method | seeds | " + " | ".join(title for _, title in columns) + " |",
+        "|--:|:--|--:|" + "--:|" * len(columns),
+    ]
+    for (labels, method), group in runs.groupby(["labels", "method"], sort=False):
+        if method not in methods:
+            continue
+        complete = bool((group["status"] == "done").all())
+        cells = []
+        for key, _ in columns:
+            values = group[key].to_numpy(dtype=float, na_value=np.nan)
+            if not complete or np.isnan(values).any():
+                cells.append(MISSING_MD)
+                continue
+            mean, std = mean_std(values)
+            cells.append(f"{mean:.2f} ± {std:.2f}")
+        seeds = seeds_text(group["status"])
+        lines.append(f"| {labels} | {method} | {seeds} | " + " | ".join(cells) + " |")
+    return (Section("Test set (final models, read once)", "test set", "\n".join(lines)),)
 
 
 def _published(cfg: DictConfig, runs: pd.DataFrame, out: Path) -> tuple[Section, ...]:
