@@ -268,8 +268,14 @@ def available_methods() -> list[str]:
     return sorted(METHODS, key=lambda name: name != "baseline")
 
 
+TRIAL_MARK = "@"  # mixmatch@1f2e3d4c: a search trial of mixmatch (harness.search)
+
+
 def get_method(name: str) -> type[Method]:
+    """The registered method ``name``; a search trial's name (``<method>@<tag>``) is
+    its method's, with the trial's settings under ``per_method``."""
     import_plugins("method")
-    if name not in METHODS:
+    base = name.split(TRIAL_MARK, 1)[0]
+    if base not in METHODS:
         raise unknown("method", name, METHODS)
-    return METHODS[name]
+    return METHODS[base]

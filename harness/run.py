@@ -33,7 +33,7 @@ from harness.launch import LAUNCHERS, prepare, tally
 from harness.lock import is_held
 from harness.method import check_model, get_method
 from harness.models import build_encoder, require
-from harness.plan import RunSpec, make_plan
+from harness.plan import RunSpec, make_plan, resolve_methods
 from harness.store import run_record
 
 
@@ -52,6 +52,10 @@ def validate(argv: list[str]) -> tuple[DictConfig, list[RunSpec]]:
     if not cfg.dry_run:
         check_writable(results)
     plan = make_plan(cfg)
+    if cfg.search.trials or cfg.search.space:
+        from harness.search import parse_space  # optuna, where a search runs
+
+        parse_space(cfg, resolve_methods(cfg))
     dataset = load_dataset(cfg.data)
     # one encoder (and one load of a pretrained file) per distinct model, shared by the
     # methods that train it: a VGG-16 and its 500 MB checkpoint once, not once a method
@@ -205,6 +209,19 @@ COMMAND = suite_command(
 )
 
 
+def _searched(cfg: DictConfig) -> tuple[DictConfig, list[RunSpec]]:
+    """Each searched method's trials (``harness.search``), then the config and plan of
+    the suite's runs with the chosen settings."""
+    from harness.search import parse_space, run_search, with_chosen
+
+    def launch(batch: DictConfig) -> None:
+        LAUNCHERS[batch.launcher](make_plan(batch), batch)
+
+    chosen = run_search(cfg, parse_space(cfg, resolve_methods(cfg)), launch)
+    cfg = with_chosen(cfg, chosen)
+    return cfg, make_plan(cfg)
+
+
 def main(argv: list[str] | None = None) -> int:
     return run_command(COMMAND, _main, argv)
 
@@ -220,6 +237,8 @@ def _main(argv: list[str]) -> int:
         cfg = OmegaConf.merge(cfg, {"progress": False})
         LAUNCHERS[cfg.launcher](plan, cfg)  # a failed run raises under DDP
         return 0
+    if cfg.search.trials:
+        cfg, plan = _searched(cfg)
     done = sum((suite_dir / spec.run_id / "metrics.json").is_file() for spec in plan)
     print(f"suite {cfg.suite}: {len(plan)} runs planned, {done} already done", file=sys.stderr)
     outcome = LAUNCHERS[cfg.launcher](plan, cfg)

@@ -7,6 +7,7 @@
 from harness.config.identity import file_digest, run_relevant
 from harness.config.load import (
     available_suites,
+    check_per_method,
     config_for,
     ffcv_installed,
     load_config,
@@ -35,6 +36,7 @@ from harness.config.settings import (
 )
 
 __all__ = [
+    "check_per_method",
     "AUGMENTATIONS",
     "DEFAULT_SUITE",
     "DEFAULT_THREADS",

@@ -45,6 +45,7 @@ EXECUTION_KEYS = (
     "groups",  # named lists of methods, for claims
     "claims",  # a paper's claims, checked by the report
     "dry_run",
+    "search",  # a trial's settings reach its id through per_method (harness.search)
     "logger",
     "per_method",  # merged into the method's config before its id is taken (config_for)
 )

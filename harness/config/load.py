@@ -40,7 +40,7 @@ from harness.config.settings import method_sections
 from harness.data import budget_key
 from harness.data.splits import holdout_key
 from harness.errors import UsageError, unknown
-from harness.method import available_methods
+from harness.method import TRIAL_MARK, available_methods
 from harness.plugins import use_plugins
 
 _LIST_KEYS = ("methods", "labels", "seeds", "logger", "plugins")
@@ -213,12 +213,17 @@ def config_for(cfg: DictConfig, method: str) -> DictConfig:
     return merged
 
 
+def check_per_method(cfg: DictConfig) -> None:
+    """``_check_per_method`` for a config changed after loading (a search's trials)."""
+    _check_per_method(cfg)
+
+
 def _check_per_method(cfg: DictConfig) -> None:
     """Each ``per_method`` entry names a registered method, sets no suite-wide key, and
     gives a config that passes every check the suite's does."""
     known = available_methods()
     for name, overrides in cfg.per_method.items():
-        if name not in known:
+        if name.split(TRIAL_MARK, 1)[0] not in known:
             raise unknown("method in per_method", name, known)
         if not isinstance(overrides, DictConfig):
             raise UsageError(f"per_method.{name} must be a mapping of keys, got {overrides!r}")

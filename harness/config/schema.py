@@ -159,6 +159,20 @@ class Claim:
 
 
 @dataclass
+class SearchConfig:
+    """A hyperparameter search whose trials are ordinary runs (``harness.search``):
+    ``search.space.<method>.<key>`` = a list of values, or ``{low, high, log, int}``;
+    the same number of trials for every method searched, each read on the validation
+    split (``data.holdout``), then the suite's seeds train the chosen settings."""
+
+    trials: int = 0  # per method searched; 0 = no search
+    sampler: str = "tpe"  # grid | random | tpe (Optuna's samplers)
+    batch: int = 1  # trials launched at once (a SLURM array each); tpe learns between batches
+    seed: int = 0  # the sampler's seed (trials train at the suite's first seed and budget)
+    space: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class SlurmConfig:
     """What ``launcher=slurm`` asks SLURM for, per job (one job = one run); never a run's id.
 
@@ -197,6 +211,7 @@ class SuiteConfig:
     methods: list[str] = field(default_factory=lambda: ["baseline"])  # or ["all"]
     labels: list[Any] = field(default_factory=lambda: [100])  # total count (int) or fraction
     seeds: list[int] = field(default_factory=lambda: [0])  # split seed = train seed
+    search: SearchConfig = field(default_factory=SearchConfig)
     # modules of the user's own code to import first: they register methods, models,
     # datasets (harness.plugins); installed packages use the entry points instead
     plugins: list[str] = field(default_factory=list)

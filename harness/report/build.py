@@ -35,6 +35,7 @@ from harness.report.data import ERROR_COLUMNS, STATUSES, final_errors, load_runs
 from harness.report.extras import ExtraInputs, Section, report_extras
 from harness.report.page import render_page
 from harness.report.published import PUBLISHED_TITLE, published_markdown, published_table
+from harness.report.search import search_section
 from harness.report.stats import seeds_needed, smallest_p
 from harness.report.tables import (
     MISSING_MD,
@@ -91,8 +92,10 @@ def build_report(cfg: DictConfig, plan: list[RunSpec]) -> Report:
         figures = all_plots(runs, history, comparisons, methods, out)
     extras = report_extras(ExtraInputs(runs, history, suite_dir, methods, out, cfg.report.plots))
     figures += extras.figures
-    sections = _test_set(runs, methods) + _published(cfg, runs, out) + _claims(cfg, runs, out)
-    sections += extras.sections
+    searched, search_figures = search_section(cfg, suite_dir, out, cfg.report.plots)
+    figures += search_figures
+    sections = _test_set(runs, methods) + searched
+    sections += _published(cfg, runs, out) + _claims(cfg, runs, out) + extras.sections
     summary_md = summary(cfg, runs, comparisons, methods, sections, figures)
     _write(out / "summary.md", summary_md)
     _write(out / "index.html", render_page(cfg.suite, table_md, summary_md, figures))
