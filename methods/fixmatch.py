@@ -44,10 +44,10 @@ from methods._common import EMAEvaluated, labeled_cost, logits_with_targets
 @register_settings("fixmatch")
 @dataclass
 class FixMatchSettings:
-    threshold: float = 0.95
-    mu: int = 7
-    weight: float = 1.0
-    ema_decay: float = 0.999
+    threshold: float = 0.95  # τ: a weak view's confidence that keeps its pseudo-label
+    mu: int = 7  # unlabeled images per labeled one
+    weight: float = 1.0  # λ_u, the unlabeled term's weight
+    ema_decay: float = 0.999  # the evaluated EMA of the weights
     weak: str = "weak"  # the augmentation of the view that makes the pseudo-label
     strong: str = "strong"  # ... and of the view it trains
     # false: the pseudo-label pass without dropout where the model has it (WRN has none)

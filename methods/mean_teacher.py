@@ -49,9 +49,9 @@ from methods._common import (
 @register_settings("mean_teacher")
 @dataclass
 class MeanTeacherSettings:
-    ema_decay: float = 0.99
-    weight: float = 8.0
-    ramp: float = 0.4
+    ema_decay: float = 0.99  # α, the teacher's EMA decay (after its warm-up)
+    weight: float = 8.0  # the consistency cost's maximum weight
+    ramp: float = 0.4  # sigmoid ramp-up of the weight, fraction of the stage
     # false: the teacher's pass without dropout, where the model has it (Tarvainen &
     # Valpola's teacher gets the student's noise, dropout included)
     teacher_dropout: bool = True

@@ -51,12 +51,12 @@ from methods._common import (
 @register_settings("mixmatch")
 @dataclass
 class MixMatchSettings:
-    views: int = 2
-    temperature: float = 0.5
-    alpha: float = 0.75
-    weight: float = 75.0
+    views: int = 2  # K, augmented views per unlabeled image for the guess
+    temperature: float = 0.5  # T, the sharpening temperature
+    alpha: float = 0.75  # the Beta(α, α) of mixup
+    weight: float = 75.0  # λ_u, the unlabeled term's maximum weight
     ramp: float = 0.4  # of the stage; the paper's 16,000 steps are 1/64 of its 2^20
-    ema_decay: float = 0.999
+    ema_decay: float = 0.999  # the evaluated EMA of the weights
     # false: the label-guessing pass without dropout, where the model has it (the
     # reference's WRN has none)
     teacher_dropout: bool = True

@@ -48,11 +48,11 @@ from methods._common import batch_norm_stats_kept, labeled_cost
 @register_settings("vat")
 @dataclass
 class VATSettings:
-    epsilon: float = 1.0
-    xi: float = 1e-6
-    iterations: int = 1
-    weight: float = 1.0
-    entropy: bool = False
+    epsilon: float = 1.0  # ε, the adversarial perturbation's L2 norm (input units)
+    xi: float = 1e-6  # ξ, the finite-difference step of the power iteration
+    iterations: int = 1  # power iterations per step
+    weight: float = 1.0  # α, the VAT term's weight
+    entropy: bool = False  # add the entropy-minimization term (VAT+EntMin)
 
     def __post_init__(self) -> None:
         check_positive("vat.epsilon", self.epsilon)

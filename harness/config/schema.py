@@ -78,10 +78,10 @@ class StageSchedule:
 @dataclass
 class OptimConfig:
     name: str = "sgd"  # sgd | adam
-    momentum: float = 0.9
+    momentum: float = 0.9  # SGD's momentum (optim.name=sgd)
     # Nesterov momentum (sgd only): google-research/fixmatch's and USB's optimizer
     nesterov: bool = False
-    weight_decay: float = 5e-4
+    weight_decay: float = 5e-4  # L2 weight decay, on the parameters optim.decay_on names
     # what weight_decay applies to: all (every trained parameter) | weights (conv and
     # linear weights, the parameters of two or more dimensions; biases and batch-norm
     # scales and shifts undecayed, as google-research/fixmatch decays only 'kernel'
@@ -106,7 +106,7 @@ class OptimConfig:
 
 @dataclass
 class EvalConfig:
-    batch_size: int = 256
+    batch_size: int = 256  # images per evaluation batch (speed only; not in a run id)
     every: int = 1  # evaluate val (single crop) every N epochs, for history.csv
     # before the last evaluation of the run's last trained stage, set every batch norm's
     # running statistics to their exact average over one training-mode pass of the images
@@ -169,6 +169,7 @@ class SearchConfig:
     sampler: str = "tpe"  # grid | random | tpe (Optuna's samplers)
     batch: int = 1  # trials launched at once (a SLURM array each); tpe learns between batches
     seed: int = 0  # the sampler's seed (trials train at the suite's first seed and budget)
+    # <method>.<key>: a list of values or {low, high, log, int} (docs/tuning.md)
     space: dict[str, Any] = field(default_factory=dict)
 
 
@@ -183,19 +184,19 @@ class SlurmConfig:
 
     partition: str = ""  # "" = the cluster's default partition
     nodes: int = 1  # one node per run (DDP spans the GPUs of one node)
-    gpus_per_node: int = 0
+    gpus_per_node: int = 0  # GPUs per job (device=cuda needs at least 1)
     # processes per job, one DDP rank each; 0 = one per GPU (gpus_per_node), or 1
     tasks_per_node: int = 0
     cpus_per_task: int = 2  # CPU cores per DDP process (the run uses `threads` of them)
-    mem_gb: float = 8.0
+    mem_gb: float = 8.0  # memory per job
     time_min: int = 60  # wall-time limit of one job
     array_parallelism: int = 256  # at most this many tasks of one array run at once
     max_array_size: int = 0  # tasks per array; 0 = the cluster's MaxArraySize
     max_num_timeout: int = 3  # requeues after a time-out before a run counts as failed
     signal_delay_s: int = 90  # SIGUSR2 this long before the time limit
-    account: str = ""
-    qos: str = ""
-    constraint: str = ""
+    account: str = ""  # --account ("" = none)
+    qos: str = ""  # --qos ("" = none)
+    constraint: str = ""  # --constraint, e.g. a GPU type ("" = none)
     setup: list[str] = field(default_factory=list)  # shell lines run before the job
     additional: dict[str, Any] = field(default_factory=dict)  # more `#SBATCH --key=value`
     report_mem_gb: float = 4.0  # the aggregation (report) job
@@ -206,8 +207,8 @@ class SlurmConfig:
 class SuiteConfig:
     """Every key a suite file or a ``key=value`` override may set."""
 
-    suite: str = DEFAULT_SUITE
-    description: str = ""
+    suite: str = DEFAULT_SUITE  # a suite in suites/ or a path to a YAML file of one's own
+    description: str = ""  # one line on what the suite is for
     methods: list[str] = field(default_factory=lambda: ["baseline"])  # or ["all"]
     labels: list[Any] = field(default_factory=lambda: [100])  # total count (int) or fraction
     seeds: list[int] = field(default_factory=lambda: [0])  # split seed = train seed

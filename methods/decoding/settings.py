@@ -36,6 +36,7 @@ class DecodingSettings:
     match Caffe's pool terms.
     """
 
+    # reconstruction loss weights per loss site, image first (the docstring above)
     weights: list[float] = field(default_factory=lambda: list(VGG16_RECON_WEIGHTS))
     samples: int = 8  # val images (with reconstructions) drawn into samples.png
 

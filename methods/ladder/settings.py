@@ -43,6 +43,7 @@ class Noise:
 class LadderSettings(Noise):
     """The full Ladder: a denoising cost at every layer, input first."""
 
+    # denoising-cost weight per layer, input first (CuriousAI/ladder's mnist_100_full)
     weights: list[float] = field(default_factory=lambda: list(FULL_WEIGHTS))
 
     def __post_init__(self) -> None:
@@ -57,7 +58,7 @@ class LadderGammaSettings(Noise):
     """The Γ-model: the denoising cost of the top layer only (README `mnist_100_gamma`:
     ``--denoising-cost-x 0,0,0,0,0,0,0.5``)."""
 
-    weight: float = 0.5
+    weight: float = 0.5  # the top layer's denoising-cost weight
 
     def __post_init__(self) -> None:
         self._check_noise("ladder_gamma")
