@@ -156,14 +156,13 @@ def test_plan_pulls_in_the_baseline_run_each_variant_starts_from():
             source = next(i for i, s in enumerate(plan) if s.run_id == dependency)
             assert source < position
             assert (plan[source].labels, plan[source].split_seed) == (spec.labels, spec.split_seed)
-    all_plan = make_plan(load_config(["methods=all", "labels=[100,500]", "seeds=[0,1]"]))
+    family = f"methods=[baseline,{','.join(VARIANTS)}]"
+    all_plan = make_plan(load_config([family, "labels=[100,500]", "seeds=[0,1]"]))
     baseline_ids = {s.run_id for s in all_plan if s.method == "baseline"}
     assert {s.run_id for s in plan if s.method == "baseline"} == baseline_ids
     # decoder settings re-run decoder runs only, never the baseline
     other = make_plan(
-        load_config(
-            ["methods=all", "labels=[100,500]", "seeds=[0,1]", "decoding.weights=[0.1,0.001]"]
-        )
+        load_config([family, "labels=[100,500]", "seeds=[0,1]", "decoding.weights=[0.1,0.001]"])
     )
     same = {s.run_id for s in other} & {s.run_id for s in all_plan}
     assert same == baseline_ids

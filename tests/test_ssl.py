@@ -388,7 +388,10 @@ def test_the_backbones_have_the_papers_size_and_train_with_every_ssl_method(name
         (["methods=[fixmatch]", "fixmatch.mu=2.5"], "fixmatch.mu"),
         (["methods=[fixmatch]", "fixmatch.strong=heavy"], "unknown augmentation for fixmatch"),
         (["methods=[swwae_all]", "model.name=conv_large"], "needs a model with pooling switches"),
-        (["methods=[ladder]", "model.name=wrn_28_2"], "ladder trains only model.name=ladder_mlp"),
+        (
+            ["methods=[ladder]", "per_method.ladder.model.name=wrn_28_2"],
+            "ladder trains only model.name=ladder_mlp",
+        ),
         (["per_method.nope.model.name=mlp"], "unknown method in per_method 'nope'"),
         (["per_method.vat.seeds=[3]"], "per_method.vat.seeds: seeds is set for the whole suite"),
         (["per_method.vat.data.name=mnist"], "every method of a suite reads the same dataset"),
