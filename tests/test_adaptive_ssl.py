@@ -20,8 +20,11 @@ from methods.freematch import fairness_term
 from tests.conftest import assert_same_run, kill_when, run_cli
 from tests.test_ssl import SHORT, _records, built, digits, real_batch
 
-ADAPTIVE = ("flexmatch", "freematch", "softmatch", "uda", "adamatch", "defixmatch", "dash")
-STATEFUL = ("flexmatch", "freematch", "softmatch", "adamatch", "dash")
+ADAPTIVE = (
+    *("flexmatch", "freematch", "softmatch", "uda", "adamatch", "defixmatch", "dash"),
+    "remixmatch",
+)
+STATEFUL = ("flexmatch", "freematch", "softmatch", "adamatch", "dash", "remixmatch")
 TRAIN = Stage("train", unlabeled=True)
 # mu 2; Dash's warm-up and ρ's period in steps of these short runs
 SHORT_MU = [f"{name}.mu=2" for name in ADAPTIVE] + ["dash.warmup_steps=4", "dash.period_steps=4"]
@@ -58,6 +61,8 @@ def test_each_ones_terms_are_finite_and_train_the_network_not_its_ema(name):
     terms = method.loss(model, TRAIN, batch)
     expected = {"cls", "consistency" if name == "uda" else "pseudo"}
     expected |= {"freematch": {"fairness"}, "defixmatch": {"debias"}}.get(name, set())
+    if name == "remixmatch":
+        expected = {"cls", "mixed", "pre_mixup", "rotation"}
     assert set(terms) == expected
     assert all(v.dim() == 0 and math.isfinite(v.item()) for v in terms.values())
     sum(terms.values()).backward()
@@ -342,8 +347,11 @@ def test_the_running_state_restored_continues_bit_for_bit(name):
         first.loss(model, TRAIN, batches[0])
         second, _ = built(cfg, dataset, name)
         second.load_state_dict(first.state_dict())
-        for batch in batches[1:]:
-            a, b = first.loss(model, TRAIN, batch), second.loss(model, TRAIN, batch)
+        for step, batch in enumerate(batches[1:]):
+            torch.manual_seed(step)  # the same MixUp and rotations (ReMixMatch) for both
+            a = first.loss(model, TRAIN, batch)
+            torch.manual_seed(step)
+            b = second.loss(model, TRAIN, batch)
             assert {k: v.item() for k, v in a.items()} == {k: v.item() for k, v in b.items()}
     for x, y in zip(_tensors(first.state_dict()), _tensors(second.state_dict()), strict=True):
         assert torch.equal(x, y)
@@ -363,6 +371,8 @@ def test_the_running_state_restored_continues_bit_for_bit(name):
         ("defixmatch.threshold=1", "defixmatch.threshold must be in (0, 1), got 1"),
         ("dash.gamma=0.5", "dash.gamma must be >= 1"),
         ("dash.period_steps=0", "dash.period_steps must be a positive integer, got 0"),
+        ("remixmatch.strong_views=0", "remixmatch.strong_views must be a positive integer"),
+        ("remixmatch.temperature=-0.5", "remixmatch.temperature must be in (0, 1]"),
     ],
 )
 def test_an_out_of_range_setting_is_a_one_line_usage_error(override, message):
@@ -412,3 +422,38 @@ def test_they_run_as_slurm_jobs(slurm_cluster, tmp_path):
     done = run_cli(*args, timeout=600)
     assert done.returncode == 0, done.stderr
     assert set(_records(tmp_path)) == set(ADAPTIVE)
+
+
+def test_remixmatchs_guess_is_the_aligned_sharpened_weak_prediction_and_its_terms_ramp():
+    """USB's DistAlignEMAHook ("gt" target) and sharpening, by hand: p · (p_target +
+    1e-6) / (p_model + 1e-6), renormalized, then p^(1/T) renormalized, with p_model the
+    first batch's mean, then an EMA; p_target the labels' class distribution. The
+    rotation turns the images as numpy's rot90 does; the unlabeled terms ramp from 0."""
+    from methods.remixmatch import rotate_quarters
+
+    cfg, dataset = digits(*SHORT_MU)
+    method, model = built(cfg, dataset, "remixmatch")
+    rng = np.random.default_rng(0)
+    labels = torch.tensor([0, 0, 1, 2])
+    p_model = None
+    for _ in range(2):
+        logits = torch.from_numpy(rng.normal(size=(5, 3))).float()
+        guess = method.guess(logits, labels)
+        probs = np.exp(logits.numpy()) / np.exp(logits.numpy()).sum(1, keepdims=True)
+        mean = probs.mean(0)
+        p_model = mean if p_model is None else p_model * 0.999 + mean * 0.001
+        p_target = np.array([2, 1, 1]) / 4
+        aligned = probs * (p_target + 1e-6) / (p_model + 1e-6)
+        aligned /= aligned.sum(1, keepdims=True)
+        sharp = aligned**2  # T = 0.5
+        np.testing.assert_allclose(guess.numpy(), sharp / sharp.sum(1, keepdims=True), rtol=1e-5)
+    images = torch.arange(2 * 1 * 3 * 3, dtype=torch.float32).reshape(2, 1, 3, 3)
+    turned = rotate_quarters(images, torch.tensor([1, 3]))
+    np.testing.assert_array_equal(turned[0, 0], np.rot90(images[0, 0].numpy(), 1))
+    np.testing.assert_array_equal(turned[1, 0], np.rot90(images[1, 0].numpy(), 3))
+    method, model = built(cfg, dataset, "remixmatch")  # ten classes again
+    batch = real_batch(cfg, dataset, method.unlabeled_views, unlabeled=64)
+    batch.step, batch.total_steps = 0, 1000  # progress 0: the ramp at its start
+    terms = method.loss(model, TRAIN, batch)
+    assert terms["mixed"].item() == terms["pre_mixup"].item() == 0.0
+    assert terms["rotation"].item() > 0 and terms["cls"].item() > 0
