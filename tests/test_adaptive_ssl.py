@@ -11,6 +11,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from harness.alignment import DistributionAlignment
 from harness.data import augment_batch, normalize, rand_augment
@@ -23,6 +24,7 @@ from tests.test_ssl import SHORT, _records, built, digits, real_batch
 ADAPTIVE = (
     *("flexmatch", "freematch", "softmatch", "uda", "adamatch", "defixmatch", "dash"),
     "remixmatch",
+    "crmatch",
 )
 STATEFUL = ("flexmatch", "freematch", "softmatch", "adamatch", "dash", "remixmatch")
 TRAIN = Stage("train", unlabeled=True)
@@ -63,6 +65,8 @@ def test_each_ones_terms_are_finite_and_train_the_network_not_its_ema(name):
     expected |= {"freematch": {"fairness"}, "defixmatch": {"debias"}}.get(name, set())
     if name == "remixmatch":
         expected = {"cls", "mixed", "pre_mixup", "rotation"}
+    if name == "crmatch":
+        expected = {"cls", "pseudo", "features", "rotation"}
     assert set(terms) == expected
     assert all(v.dim() == 0 and math.isfinite(v.item()) for v in terms.values())
     sum(terms.values()).backward()
@@ -373,6 +377,7 @@ def test_the_running_state_restored_continues_bit_for_bit(name):
         ("dash.period_steps=0", "dash.period_steps must be a positive integer, got 0"),
         ("remixmatch.strong_views=0", "remixmatch.strong_views must be a positive integer"),
         ("remixmatch.temperature=-0.5", "remixmatch.temperature must be in (0, 1]"),
+        ("crmatch.head_width=0", "crmatch.head_width must be a positive integer, got 0"),
     ],
 )
 def test_an_out_of_range_setting_is_a_one_line_usage_error(override, message):
@@ -457,3 +462,32 @@ def test_remixmatchs_guess_is_the_aligned_sharpened_weak_prediction_and_its_term
     terms = method.loss(model, TRAIN, batch)
     assert terms["mixed"].item() == terms["pre_mixup"].item() == 0.0
     assert terms["rotation"].item() > 0 and terms["cls"].item() > 0
+
+
+def test_crmatchs_feature_and_rotation_terms_as_usb_computes_them():
+    """USB's feature term, ``cosine_embedding_loss(ds_strong, ds_weak, target=-1)``
+    masked by FixMatch's confident pseudo-labels and averaged over the pool batch, and
+    the rotation head's cross-entropy on the first B weak views turned 0-3 quarters."""
+    from methods.crmatch import map_and_top
+    from methods.remixmatch import rotate_quarters
+
+    cfg, dataset = digits(*SHORT_MU, "crmatch.threshold=0.1")  # a mask with ones in it
+    method, model = built(cfg, dataset, "crmatch")
+    batch = real_batch(cfg, dataset, method.unlabeled_views, unlabeled=64)
+    model.eval()  # no dropout: the hand computation sees the same network
+    terms = method.loss(model, TRAIN, batch)
+    weak, strong = batch.u
+    n = len(batch.x)
+    turns = torch.tensor([0] * n + [1] * n + [2] * n + [3] * n)
+    rotated = rotate_quarters(weak[:n].repeat(4, 1, 1, 1), turns)
+    network = model.encoder
+    feature_map, top = map_and_top(network, torch.cat([batch.x, weak, strong, rotated]))
+    weak_logits = network.classify(top[n : n + 64])
+    confidence, _ = torch.softmax(weak_logits, 1).max(1)
+    mask = (confidence >= 0.1).float()
+    assert 0 < mask.mean() <= 1
+    ds = model.heads.ds(feature_map[n : n + 128].flatten(1))
+    usb = F.cosine_embedding_loss(ds[64:], ds[:64], -torch.ones(64), reduction="none")
+    torch.testing.assert_close(terms["features"], (usb * mask).mean())
+    rotation = model.heads.rotation(top[n + 128 :].flatten(1))
+    torch.testing.assert_close(terms["rotation"], F.cross_entropy(rotation, turns))

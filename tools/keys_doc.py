@@ -17,7 +17,7 @@ import re
 import sys
 from pathlib import Path
 
-from harness.config import suite_schema
+from harness.config import method_sections, suite_schema
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "keys.md"
 FIELD = re.compile(r"^\s+(\w+)\s*:\s*[^=#]+(?:=.*?)?(?:#\s*(.*))?$")
@@ -89,7 +89,13 @@ def render() -> str:
     for row in rows(suite_schema()):
         top = row[0].split(".")[0] if "." in row[0] else "top level"
         sections.setdefault(top, []).append(row)
-    for section, entries in sections.items():
+    # the engine's sections in the schema's order, then the methods' by name (their
+    # registration order is their modules' import order, which differs by process)
+    methods = set(method_sections())
+    order = [name for name in sections if name not in methods]
+    order += sorted(name for name in sections if name in methods)
+    for section in order:
+        entries = sections[section]
         lines += ["", f"## {section}", "", "| key | default | type | what it does |"]
         lines.append("|:--|:--|:--|:--|")
         for key, default, kind, text in entries:
