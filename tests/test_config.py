@@ -40,7 +40,7 @@ def test_scalar_given_to_list_key_becomes_a_list():
         (
             ["bogus=1"],
             "unknown key in the command line 'bogus'; valid choices: adamatch, claims, compile, "
-            "dash, data, decoding, defixmatch, description",
+            "crmatch, dash, data, decoding, defixmatch, description",
         ),
         (["optim.momentun=0.5"], "'optim.momentun'; valid choices: optim.batch_size"),
         (

@@ -209,7 +209,7 @@ def test_a_plugin_that_fails_to_import_is_one_line_exit_2(tmp_path):
 
 def test_the_plugins_method_runs_as_a_slurm_job(installed, slurm_cluster, tmp_path):
     results = tmp_path / "results"
-    args = [*SHORT, "launcher=slurm", "wait=true", f"results={results}"]
+    args = [*SHORT, "launcher=slurm", "wait=true", "slurm.poll_s=0.5", f"results={results}"]
     done = run_cli(*args, env=with_path(installed), timeout=600)
     assert done.returncode == 0, done.stderr
     assert sorted(records(results)) == ["baseline", "smoothed"]

@@ -118,7 +118,7 @@ def test_a_search_runs_trials_as_runs_resumes_and_rebuilds_its_study(tmp_path):
 
 def test_a_search_runs_under_slurm(slurm_cluster, tmp_path):
     args = [*ARGS, f"results={tmp_path}", LR, "search.trials=2", "search.batch=2"]
-    done = run_cli(*args, "launcher=slurm", "wait=true", timeout=600)
+    done = run_cli(*args, "launcher=slurm", "wait=true", "slurm.poll_s=0.5", timeout=600)
     assert done.returncode == 0, done.stderr
     assert len(_trials(tmp_path / "digits")) == 2
     assert (tmp_path / "digits" / "search" / "baseline.chosen.json").is_file()

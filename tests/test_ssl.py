@@ -504,14 +504,7 @@ def test_the_six_train_through_the_cli_under_inprocess_and_local_parallel(six_ru
     assert np.array_equal(top1, stored)
 
 
-def test_the_six_run_as_slurm_jobs(slurm_cluster, tmp_path):
-    methods = f"methods=[{','.join(SSL_METHODS)}]"
-    result = run_cli(
-        methods, *SHORT, "launcher=slurm", "wait=true", f"results={tmp_path}", timeout=600
-    )
-    assert result.returncode == 0, result.stderr
-    assert set(_records(tmp_path)) == set(SSL_METHODS)
-    assert all((folder / "metrics.json").is_file() for folder in _records(tmp_path).values())
+# the six as SLURM jobs: tests/test_adaptive_ssl.py runs every SSL method in one array
 
 
 @pytest.mark.parametrize("name", ["mean_teacher", "fixmatch"])
