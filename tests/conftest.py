@@ -22,11 +22,20 @@ FAST = [
 ]
 
 
+def without_figures(args: list[str] | tuple[str, ...], module: str = "harness.run") -> list[str]:
+    """``harness.run``'s arguments with ``report.plots=false`` unless a test sets it:
+    seaborn's figures cost about two seconds of every report, and only the tests that
+    look at figures ask for them (``report.plots=true``)."""
+    if module == "harness.run" and not any(a.startswith("report.plots=") for a in args):
+        return [*args, "report.plots=false"]
+    return list(args)
+
+
 def run_cli(
     *args: str, module: str = "harness.run", timeout: float = 300, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", module, *args],
+        [sys.executable, "-m", module, *without_figures(args, module)],
         cwd=REPO,
         stdin=subprocess.DEVNULL,  # never a pytest-xdist worker's stdin (its channel)
         capture_output=True,
@@ -45,7 +54,7 @@ def kill_when(args: list[str], checkpoints: str, reached, timeout: float = 120) 
     import torch
 
     process = subprocess.Popen(
-        [sys.executable, "-m", "harness.run", *args],
+        [sys.executable, "-m", "harness.run", *without_figures(args)],
         cwd=REPO,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,

@@ -24,7 +24,7 @@ def metrics_of(results):
 
 
 def test_default_suite_runs_end_to_end_and_a_rerun_does_nothing(results):
-    first = run_cli(*FAST, f"results={results}")
+    first = run_cli(*FAST, f"results={results}", "report.plots=true")  # the README's run
     assert first.returncode == 0, first.stderr
     assert "| baseline |" in first.stdout and "top-1 val" in first.stdout
     (record,) = (config.parent for config in results.glob("digits/*/config.yaml"))
