@@ -56,7 +56,7 @@ def test_default_suite_runs_end_to_end_and_a_rerun_does_nothing(results):
         assert (report / name).is_file(), name
     assert (report / "table.md").read_text() in first.stdout
     before = tree(results)
-    second = run_cli(*FAST, f"results={results}")
+    second = run_cli(*FAST, f"results={results}", "report.plots=true")
     assert second.returncode == 0, second.stderr
     assert "1 runs planned, 1 already done" in second.stderr
     assert tree(results) == before  # nothing rewritten
