@@ -98,6 +98,13 @@ class Command:
 
 def schema_keys(schema: type, prefix: str = "") -> Iterator[tuple[str, Any, str]]:
     """(dotted key, default, type) of every leaf of a dataclass schema."""
+    for key, default, kind, _, _ in schema_leaves(schema, prefix):
+        yield key, default, kind
+
+
+def schema_leaves(schema: type, prefix: str = "") -> Iterator[tuple[str, Any, str, type, str]]:
+    """``schema_keys`` with, for each leaf, the dataclass that declares it and its field
+    name (where its comment is: ``tools/keys_doc.py``)."""
     for spec in dataclasses.fields(schema):
         if spec.default is not dataclasses.MISSING:
             default = spec.default
@@ -107,10 +114,10 @@ def schema_keys(schema: type, prefix: str = "") -> Iterator[tuple[str, Any, str]
             default = None
         key = f"{prefix}{spec.name}"
         if dataclasses.is_dataclass(default):
-            yield from schema_keys(type(default), f"{key}.")
+            yield from schema_leaves(type(default), f"{key}.")
         elif spec.name != "schedule":
             kind = spec.type if isinstance(spec.type, str) else getattr(spec.type, "__name__", "")
-            yield key, default, kind
+            yield key, default, kind, schema, spec.name
 
 
 def run_command(command: Command, body: Callable[[list[str]], int], argv: list[str] | None) -> int:

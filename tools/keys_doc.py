@@ -17,6 +17,7 @@ import re
 import sys
 from pathlib import Path
 
+from harness.cli import schema_leaves
 from harness.config import method_sections, suite_schema
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "keys.md"
@@ -50,24 +51,12 @@ def field_comments(cls: type) -> dict[str, str]:
     return comments
 
 
-def rows(schema: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
+def rows(schema: type) -> list[tuple[str, str, str, str]]:
     """(key, default, type, description) of every leaf, as ``--help`` lists them."""
-    comments = field_comments(schema)
-    out = []
-    for spec in dataclasses.fields(schema):
-        if spec.default is not dataclasses.MISSING:
-            default = spec.default
-        elif spec.default_factory is not dataclasses.MISSING:
-            default = spec.default_factory()
-        else:
-            default = None
-        key = f"{prefix}{spec.name}"
-        if dataclasses.is_dataclass(default):
-            out += rows(type(default), f"{key}.")
-        elif spec.name != "schedule":
-            kind = spec.type if isinstance(spec.type, str) else getattr(spec.type, "__name__", "")
-            out.append((key, repr(default), kind, comments.get(spec.name, "")))
-    return out
+    return [
+        (key, repr(default), kind, field_comments(owner).get(name, ""))
+        for key, default, kind, owner, name in schema_leaves(schema)
+    ]
 
 
 def _escape(text: str) -> str:
