@@ -65,6 +65,8 @@ METHODS = (
     "defixmatch",
     "remixmatch",
     "crmatch",
+    "simmatch",
+    "comatch",
 )
 # FixMatch's descendants at the suite's FixMatch ratio (mnist_ssl: mu 3); Dash timed past
 # its warm-up (the bench's batch is at step 0: no warm-up)

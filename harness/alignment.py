@@ -60,3 +60,34 @@ class DistributionAlignment:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.p_model, self.p_target = state["p_model"], state["p_target"]
+
+
+class QueueAlignment:
+    """Distribution alignment to a uniform target with p_model the mean of the last
+    ``length`` batches' mean predictions: USB's ``DistAlignQueueHook``
+    (semilearn/algorithms/hooks/dist_align.py), which SimMatch and CoMatch use. As
+    there, the queue starts as ``length`` rows of zeros and p_model is the mean over
+    every row, filled or not (before the queue is full that scales every class alike,
+    which the renormalization undoes, up to the 1e-6)."""
+
+    def __init__(self, num_classes: int, length: int):
+        self.p_model = torch.zeros(length, num_classes)
+        self.pointer = 0
+
+    @torch.no_grad()
+    def __call__(self, probs_unlabeled: torch.Tensor) -> torch.Tensor:
+        """Put this step's mean prediction (all ranks' rows) in the queue, then return
+        ``probs_unlabeled`` aligned."""
+        unlabeled = all_rows(probs_unlabeled.detach().float())
+        self.p_model = self.p_model.to(unlabeled.device)
+        self.p_model[self.pointer] = unlabeled.mean(dim=0)
+        self.pointer = (self.pointer + 1) % len(self.p_model)
+        uniform = 1.0 / self.p_model.shape[1]
+        aligned = probs_unlabeled.float() * (uniform + 1e-6) / (self.p_model.mean(dim=0) + 1e-6)
+        return aligned / aligned.sum(dim=-1, keepdim=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"p_model": self.p_model.cpu().clone(), "pointer": self.pointer}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.p_model, self.pointer = state["p_model"], int(state["pointer"])

@@ -108,6 +108,10 @@ class Batch:
     # a method that keeps a record per pool image (FlexMatch's pseudo-labels)
     u_index: torch.Tensor | None = None
     pool_size: int = 0
+    # ... and where its labeled images sit in the split's labeled subset, in a stage that
+    # draws from the pool (SimMatch's memory bank keeps a slot per labeled image)
+    x_index: torch.Tensor | None = None
+    labeled_size: int = 0
 
     @property
     def progress(self) -> float:

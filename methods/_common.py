@@ -68,6 +68,75 @@ def logits_with_targets(
     return [*trained[:targets_at], target, *trained[targets_at:]]
 
 
+def map_and_top(encoder: Encoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the feature map before a final global pooling, the top representation that
+    ``classify`` reads); a model without such a pooling gives its top twice."""
+    layers = encoder.features
+    pooled = (
+        isinstance(layers, nn.Sequential)
+        and len(layers) > 2
+        and isinstance(layers[-1], nn.Flatten)
+        and isinstance(layers[-2], nn.modules.pooling._AdaptiveAvgPoolNd)
+    )
+    if not pooled:
+        top = layers(x)
+        return top, top
+    feature_map = layers[:-2](x)
+    return feature_map, layers[-2:](feature_map)
+
+
+def feature_sizes(encoder: Encoder, channels: int, crop: int) -> tuple[int, int]:
+    """(elements per image of ``map_and_top``'s map, of its top): the widths of the
+    heads a method builds around the encoder, from one zero image in eval mode."""
+    was_training = encoder.training
+    encoder.eval()
+    with torch.no_grad():
+        feature_map, top = map_and_top(encoder, torch.zeros(1, channels, crop, crop))
+    encoder.train(was_training)
+    return feature_map[0].numel(), top[0].numel()
+
+
+class ProjectionHead(nn.Module):
+    """An MLP from the encoder's top representation to an L2-normalized embedding:
+    SimMatch's and CoMatch's ``mlp_proj`` (Linear, ReLU, Linear). With ``count`` > 1,
+    the mean of that many such MLPs, normalized (USB's EPASS, ``use_epass``)."""
+
+    def __init__(self, top_size: int, width: int, size: int, count: int = 1):
+        super().__init__()
+        self.mlps = nn.ModuleList(
+            nn.Sequential(nn.Linear(top_size, width), nn.ReLU(), nn.Linear(width, size))
+            for _ in range(count)
+        )
+
+    def forward(self, top: torch.Tensor) -> torch.Tensor:
+        flat = top.flatten(1)
+        mean = torch.stack([mlp(flat) for mlp in self.mlps]).mean(dim=0)
+        return F.normalize(mean.float(), dim=1)
+
+
+def tops_and_logits(
+    network: Encoder, batches: list[torch.Tensor], targets_at: int, teacher_dropout: bool
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The top representations and class scores of several batches from one forward
+    pass of their concatenation, as ``logits_with_targets``: with ``teacher_dropout``
+    false and dropout in the network, the batch at ``targets_at`` comes from a
+    separate pass without gradient, dropout or batch-norm statistics."""
+
+    def one_pass(*parts: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        top = network.features(torch.cat(parts))
+        sizes = [len(part) for part in parts]
+        return list(top.split(sizes)), list(network.classify(top).split(sizes))
+
+    if teacher_dropout or not has_dropout(network):
+        return one_pass(*batches)
+    tops, scores = one_pass(*batches[:targets_at], *batches[targets_at + 1 :])
+    with torch.no_grad(), dropout_off(network), batch_norm_stats_kept(network):
+        (top,), (score,) = one_pass(batches[targets_at])
+    tops.insert(targets_at, top)
+    scores.insert(targets_at, score)
+    return tops, scores
+
+
 def labeled_cost(network: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
     """The labeled batch's cross-entropy alone: what these methods train on where a
     stage has no pool (every image labeled) and so no unlabeled views."""
@@ -111,9 +180,14 @@ def sharpen(probs: torch.Tensor, temperature: float) -> torch.Tensor:
     return powered / powered.sum(dim=1, keepdim=True)
 
 
+def soft_cross_entropy_per_image(scores: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+    """-Σ_c target_c log softmax(scores)_c per image: USB's ``ce_loss`` with soft targets."""
+    return -(target_probs * F.log_softmax(scores.float(), dim=1)).sum(dim=1)
+
+
 def soft_cross_entropy(scores: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
     """Cross-entropy against a distribution per image, averaged over images."""
-    return -(target_probs * F.log_softmax(scores.float(), dim=1)).sum(dim=1).mean()
+    return soft_cross_entropy_per_image(scores, target_probs).mean()
 
 
 def warmed_up_decay(step: int, decay: float) -> float:

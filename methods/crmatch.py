@@ -42,7 +42,7 @@ from harness.data import Dataset
 from harness.ema import WithEMA
 from harness.method import Batch, Stage, register_method
 from harness.models import Encoder
-from methods._common import EMAEvaluated, labeled_cost
+from methods._common import EMAEvaluated, feature_sizes, labeled_cost, map_and_top
 from methods.fixmatch import confident_targets
 from methods.remixmatch import rotate_quarters
 
@@ -62,23 +62,6 @@ class CRMatchSettings:
         check_weight("crmatch.rotation_weight", self.rotation_weight)
         check_positive("crmatch.head_width", self.head_width, integer=True)
         check_fraction("crmatch.ema_decay", self.ema_decay, closed_low=True)
-
-
-def map_and_top(encoder: Encoder, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the feature map before a final global pooling, the top representation that
-    ``classify`` reads); a model without such a pooling gives its top twice."""
-    layers = encoder.features
-    pooled = (
-        isinstance(layers, nn.Sequential)
-        and len(layers) > 2
-        and isinstance(layers[-1], nn.Flatten)
-        and isinstance(layers[-2], nn.modules.pooling._AdaptiveAvgPoolNd)
-    )
-    if not pooled:
-        top = layers(x)
-        return top, top
-    feature_map = layers[:-2](x)
-    return feature_map, layers[-2:](feature_map)
 
 
 class CRMatchHeads(nn.Module):
@@ -114,15 +97,10 @@ class CRMatch(EMAEvaluated):
 
     def build_model(self, encoder: Encoder, dataset: Dataset) -> nn.Module:
         model = super().build_model(encoder, dataset)
-        crop = int(self.cfg.data.crop)
-        was_training = encoder.training
-        encoder.eval()
-        with torch.no_grad():
-            feature_map, top = map_and_top(encoder, torch.zeros(1, dataset.channels, crop, crop))
-        encoder.train(was_training)
+        map_size, top_size = feature_sizes(encoder, dataset.channels, int(self.cfg.data.crop))
         rotation = self.settings.rotation_weight > 0
         width = int(self.settings.head_width)
-        model.heads = CRMatchHeads(feature_map[0].numel(), top[0].numel(), width, rotation)
+        model.heads = CRMatchHeads(map_size, top_size, width, rotation)
         return model
 
     def loss(self, model: nn.Module, stage: Stage, batch: Batch) -> dict[str, torch.Tensor]:

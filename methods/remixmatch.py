@@ -54,6 +54,7 @@ from harness.models import Encoder
 from methods._common import (
     EMAEvaluated,
     batch_norm_stats_kept,
+    feature_sizes,
     labeled_cost,
     sharpen,
     soft_cross_entropy,
@@ -125,13 +126,8 @@ class ReMixMatch(EMAEvaluated):
     def build_model(self, encoder: Encoder, dataset: Dataset) -> nn.Module:
         model = super().build_model(encoder, dataset)
         if self.settings.rotation_weight > 0:
-            crop = int(self.cfg.data.crop)
-            was_training = encoder.training
-            encoder.eval()
-            with torch.no_grad():
-                top = encoder.features(torch.zeros(1, dataset.channels, crop, crop))
-            encoder.train(was_training)
-            model.rotation = nn.Linear(top[0].numel(), 4)  # trained with the encoder
+            _, top_size = feature_sizes(encoder, dataset.channels, int(self.cfg.data.crop))
+            model.rotation = nn.Linear(top_size, 4)  # trained with the encoder
         return model
 
     @torch.no_grad()

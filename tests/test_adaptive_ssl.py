@@ -1,4 +1,4 @@
-"""FlexMatch, FreeMatch and SoftMatch (issue 35): each one's targets and weights equal a
+"""The methods since FixMatch (issue 35): each one's targets and weights equal a
 hand computation written from USB's reference code, their terms train the network and
 nothing else, their running state survives a checkpoint bit for bit, and they run
 through the CLI in process, after a SIGKILL, and as SLURM jobs."""
@@ -19,14 +19,14 @@ from harness.errors import UsageError
 from harness.method import Batch, Stage, get_method
 from methods.freematch import fairness_term
 from tests.conftest import assert_same_run, kill_when, run_cli
-from tests.test_ssl import SHORT, SSL_METHODS, _records, built, digits, real_batch
+from tests.test_ssl import SHORT, SSL_METHODS, _records, built, digits, fitted, real_batch
 
 ADAPTIVE = (
     *("flexmatch", "freematch", "softmatch", "uda", "adamatch", "defixmatch", "dash"),
-    "remixmatch",
-    "crmatch",
+    *("remixmatch", "crmatch", "simmatch", "comatch"),
 )
 STATEFUL = ("flexmatch", "freematch", "softmatch", "adamatch", "dash", "remixmatch")
+STATEFUL += ("simmatch", "comatch")
 TRAIN = Stage("train", unlabeled=True)
 # mu 2; Dash's warm-up and ρ's period in steps of these short runs
 SHORT_MU = [f"{name}.mu=2" for name in ADAPTIVE] + ["dash.warmup_steps=4", "dash.period_steps=4"]
@@ -67,6 +67,7 @@ def test_each_ones_terms_are_finite_and_train_the_network_not_its_ema(name):
         expected = {"cls", "mixed", "pre_mixup", "rotation"}
     if name == "crmatch":
         expected = {"cls", "pseudo", "features", "rotation"}
+    expected |= {"simmatch": {"instance"}, "comatch": {"contrast"}}.get(name, set())
     assert set(terms) == expected
     assert all(v.dim() == 0 and math.isfinite(v.item()) for v in terms.values())
     sum(terms.values()).backward()
@@ -378,6 +379,11 @@ def test_the_running_state_restored_continues_bit_for_bit(name):
         ("remixmatch.strong_views=0", "remixmatch.strong_views must be a positive integer"),
         ("remixmatch.temperature=-0.5", "remixmatch.temperature must be in (0, 1]"),
         ("crmatch.head_width=0", "crmatch.head_width must be a positive integer, got 0"),
+        ("simmatch.alignment_length=0", "simmatch.alignment_length must be a positive integer"),
+        ("simmatch.temperature=-1", "simmatch.temperature must be a finite number > 0, got -1"),
+        ("simmatch.bank_momentum=1", "simmatch.bank_momentum must be in [0, 1), got 1"),
+        ("comatch.queue_steps=0", "comatch.queue_steps must be a positive integer, got 0"),
+        ("comatch.contrast_threshold=1.5", "comatch.contrast_threshold must be in (0, 1]"),
     ],
 )
 def test_an_out_of_range_setting_is_a_one_line_usage_error(override, message):
@@ -404,20 +410,22 @@ def test_they_train_through_the_cli(adaptive_runs):
     assert set(_records(adaptive_runs)) == set(ADAPTIVE)
 
 
-def test_flexmatch_killed_mid_run_resumes_to_the_same_result(adaptive_runs, tmp_path):
+def test_simmatch_killed_mid_run_resumes_to_the_same_result(adaptive_runs, tmp_path):
+    """The most state of any: its bank (and the seed it was drawn from), its alignment
+    queue, its projection head; every stateful method's state alone is checked above."""
     results = tmp_path / "killed"
-    args = ["methods=[flexmatch]", *ARGS, f"results={results}"]
+    args = ["methods=[simmatch]", *ARGS, f"results={results}"]
     caught = kill_when(
         args,
         f"{results}/digits/*/checkpoint.pt",
         lambda state: state["epoch"] >= 2 and state["method"],
     )
     assert caught, "the run never reached its third epoch"
-    run = _records(results)["flexmatch"]
+    run = _records(results)["simmatch"]
     assert not (run / "metrics.json").exists(), "killed too late to test a resume"
     resumed = run_cli(*args)
     assert resumed.returncode == 0, resumed.stderr
-    assert_same_run(_records(adaptive_runs)["flexmatch"], run)
+    assert_same_run(_records(adaptive_runs)["simmatch"], run)
 
 
 def test_every_ssl_method_runs_as_slurm_jobs(slurm_cluster, tmp_path):
@@ -474,7 +482,7 @@ def test_crmatchs_feature_and_rotation_terms_as_usb_computes_them():
     """USB's feature term, ``cosine_embedding_loss(ds_strong, ds_weak, target=-1)``
     masked by FixMatch's confident pseudo-labels and averaged over the pool batch, and
     the rotation head's cross-entropy on the first B weak views turned 0-3 quarters."""
-    from methods.crmatch import map_and_top
+    from methods._common import map_and_top
     from methods.remixmatch import rotate_quarters
 
     cfg, dataset = digits(*SHORT_MU, "crmatch.threshold=0.1")  # a mask with ones in it
@@ -497,3 +505,132 @@ def test_crmatchs_feature_and_rotation_terms_as_usb_computes_them():
     torch.testing.assert_close(terms["features"], (usb * mask).mean())
     rotation = model.heads.rotation(top[n + 128 :].flatten(1))
     torch.testing.assert_close(terms["rotation"], F.cross_entropy(rotation, turns))
+
+
+def _usb_alignment(probs: torch.Tensor, queue: torch.Tensor, pointer: int) -> torch.Tensor:
+    """USB's DistAlignQueueHook with a uniform target, on a copy of its queue."""
+    queue = queue.clone()
+    queue[pointer] = probs.mean(dim=0)
+    uniform = torch.ones(probs.shape[1]) / probs.shape[1]
+    aligned = probs * (uniform + 1e-6) / (queue.mean(dim=0) + 1e-6)
+    return aligned / aligned.sum(dim=-1, keepdim=True)
+
+
+def test_simmatchs_terms_and_bank_as_usb_computes_them():
+    """USB's SimMatch.train_step (use_cat, no EMA teacher: the bank moves with
+    ema_bank 0.7), transcribed: label propagation, the instance term, the mask on the
+    smoothed probabilities, and the labeled slots' update, on the second step (the
+    first has written the bank)."""
+    cfg, dataset = digits(*SHORT_MU, "simmatch.threshold=0.25")  # a mask with ones in it
+    method, model = built(cfg, dataset, "simmatch")
+    batch = real_batch(cfg, dataset, method.unlabeled_views, unlabeled=64)
+    fitted(model.encoder, batch)  # confident enough for some of the mask to be ones
+    model.eval()  # no dropout: the hand computation sees the same network
+    with torch.no_grad():
+        method.loss(model, TRAIN, batch)
+    bank = method.bank.features.t().clone()  # USB's mem_bank is (proj_size, K)
+    labels_bank = method.bank.payload.clone()
+    queue, pointer = method.alignment.p_model.clone(), method.alignment.pointer
+    batch.x_index = torch.arange(len(batch.x)).flip(0)  # other slots than step 1's
+    terms = method.loss(model, TRAIN, batch)
+
+    network, weak, strong = model.encoder, *batch.u
+    n, m, T, alpha = len(batch.x), 64, 0.1, 0.9
+    top = network.features(torch.cat([batch.x, weak, strong]))
+    logits, feats = network.classify(top), model.projection(top)
+    feats_lb, feats_w, feats_s = feats[:n], feats[n : n + m], feats[n + m :]
+    ema_probs = _usb_alignment(torch.softmax(logits[n : n + m], -1), queue, pointer)
+    teacher_orig = F.softmax(feats_w @ bank / T, dim=1)
+    factor = ema_probs.gather(1, labels_bank.expand([m, -1]))
+    teacher = teacher_orig * factor
+    teacher /= teacher.sum(dim=1, keepdim=True)
+    aggregated = torch.zeros(m, 10).scatter_add(1, labels_bank.expand([m, -1]), teacher_orig)
+    probs_w = ema_probs * alpha + aggregated * (1 - alpha)
+    student = F.softmax(feats_s @ bank / T, dim=1)
+    in_loss = torch.sum(-teacher * torch.log(student), dim=1).mean()
+    mask = (probs_w.max(dim=1).values >= 0.25).float()
+    assert 0 < mask.mean() < 1
+    ce = -(probs_w * F.log_softmax(logits[n + m :], dim=1)).sum(dim=1)
+    torch.testing.assert_close(terms["pseudo"], (ce * mask).mean())
+    torch.testing.assert_close(terms["instance"], in_loss)
+    expected = bank.clone()
+    index = batch.x_index
+    expected[:, index] = F.normalize(0.7 * bank[:, index] + 0.3 * feats_lb.t(), dim=0)
+    torch.testing.assert_close(method.bank.features.t(), expected)
+    assert torch.equal(method.bank.payload[index], batch.y)
+
+
+def test_simmatch_warms_up_without_the_instance_term_or_the_propagation():
+    cfg, dataset = digits(*SHORT_MU)
+    method, model = built(cfg, dataset, "simmatch")
+    batch = real_batch(cfg, dataset, method.unlabeled_views, unlabeled=64)
+    batch.step = 0  # the stage's first step: inside USB's first epoch
+    terms = method.loss(model, TRAIN, batch)
+    assert terms["instance"].item() == 0.0 and terms["instance"].requires_grad
+
+
+def test_comatchs_terms_and_queue_as_usb_computes_them():
+    """USB's CoMatch.train_step (use_cat, soft labels), transcribed, once the queue is
+    full (``it > queue_batch``): the memory-smoothed pseudo-labels, their mask, the
+    pseudo-label graph and the contrastive term between the two strong views, and the
+    queue's next rows (the weak views' aligned probabilities and one-hot labels)."""
+    cfg, dataset = digits(*SHORT_MU, "comatch.threshold=0.25", "comatch.queue_steps=1")
+    method, model = built(cfg, dataset, "comatch")
+    assert method.unlabeled_views == ("weak", "strong", "strong")
+    batch = real_batch(cfg, dataset, method.unlabeled_views, unlabeled=64)
+    fitted(model.encoder, batch)
+    model.eval()
+    with torch.no_grad():
+        for _ in range(2):  # fills the queue: USB's `self.it > self.queue_batch` is next
+            method.loss(model, TRAIN, batch)
+    queue_feats, queue_probs = method.bank.features.clone(), method.bank.payload.clone()
+    queue_ptr = method.bank.pointer
+    queue, pointer = method.alignment.p_model.clone(), method.alignment.pointer
+    batch.u = [view.roll(5, dims=0) for view in batch.u]  # other images than the queue's
+    terms = method.loss(model, TRAIN, batch)
+
+    network, (weak, first, second) = model.encoder, batch.u
+    n, m, T, alpha = len(batch.x), 64, 0.2, 0.9
+    top = network.features(torch.cat([batch.x, weak, first, second]))
+    logits, feats = network.classify(top), model.projection(top)
+    feats_lb, feats_w = feats[:n], feats[n : n + m]
+    feats_s0, feats_s1 = feats[n + m : n + 2 * m], feats[n + 2 * m :]
+    probs = _usb_alignment(torch.softmax(logits[n : n + m], -1), queue, pointer)
+    probs_orig = probs.clone()
+    A = torch.exp(torch.mm(feats_w, queue_feats.t()) / T)
+    A = A / A.sum(1, keepdim=True)
+    probs = alpha * probs + (1 - alpha) * torch.mm(A, queue_probs)
+    mask = (probs.max(dim=1).values >= 0.25).float()
+    assert 0 < mask.mean() < 1
+    ce = -(probs * F.log_softmax(logits[n + m : n + 2 * m], dim=1)).sum(dim=1)
+    torch.testing.assert_close(terms["pseudo"], (ce * mask).mean())
+    Q = torch.mm(probs, probs.t())
+    Q.fill_diagonal_(1)
+    Q = Q * (Q >= 0.8).float()
+    Q = Q / Q.sum(1, keepdim=True)
+    sim = torch.exp(torch.mm(feats_s0, feats_s1.t()) / T)
+    sim_probs = sim / sim.sum(1, keepdim=True)
+    contrast = (-(torch.log(sim_probs + 1e-7) * Q).sum(1)).mean()
+    torch.testing.assert_close(terms["contrast"], contrast)
+    rows = torch.cat([feats_w, feats_lb])
+    written = torch.cat([probs_orig, F.one_hot(batch.y, 10).float()])
+    end = queue_ptr + len(rows)
+    assert end <= len(method.bank)
+    torch.testing.assert_close(method.bank.features[queue_ptr:end], rows.detach())
+    torch.testing.assert_close(method.bank.payload[queue_ptr:end], written)
+    assert method.bank.pointer == end % len(method.bank)
+
+
+def test_a_memory_bank_queue_wraps_as_usbs_and_slots_move_with_momentum():
+    from harness.memory_bank import MemoryBank
+
+    bank = MemoryBank(torch.zeros(5, 2), torch.zeros(5, dtype=torch.long))
+    bank.push(torch.ones(3, 2), torch.ones(3, dtype=torch.long))
+    bank.push(2 * torch.ones(3, 2), 2 * torch.ones(3, dtype=torch.long))  # cut at row 5
+    assert bank.payload.tolist() == [1, 1, 1, 2, 2] and bank.pointer == 0
+    bank.push(3 * torch.ones(1, 2), 3 * torch.ones(1, dtype=torch.long))
+    assert bank.payload.tolist() == [3, 1, 1, 2, 2] and bank.pointer == 1
+    slots = MemoryBank(F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=1), torch.zeros(2))
+    slots.write(torch.tensor([1]), torch.tensor([[1.0, 0.0]]), torch.tensor([4.0]), 0.7)
+    torch.testing.assert_close(slots.features[1], F.normalize(torch.tensor([0.3, 0.7]), dim=0))
+    assert slots.payload.tolist() == [0.0, 4.0]

@@ -39,8 +39,8 @@ def test_scalar_given_to_list_key_becomes_a_list():
         (["suite=nope"], "unknown suite 'nope'; valid choices: cifar100_ssl, cifar10_ssl, digits"),
         (
             ["bogus=1"],
-            "unknown key in the command line 'bogus'; valid choices: adamatch, claims, compile, "
-            "crmatch, dash, data, decoding, defixmatch, description",
+            "unknown key in the command line 'bogus'; valid choices: adamatch, claims, comatch, "
+            "compile, crmatch, dash, data, decoding, defixmatch, description",
         ),
         (["optim.momentun=0.5"], "'optim.momentun'; valid choices: optim.batch_size"),
         (

@@ -148,7 +148,7 @@ def test_the_weak_views_pad_mirrors_the_border_as_numpy_does():
 
 TEACHER_DROPOUT = (
     *("fixmatch", "flexmatch", "freematch", "softmatch", "dash", "adamatch", "uda"),
-    *("defixmatch", "pseudo_label", "mean_teacher", "mixmatch"),
+    *("defixmatch", "pseudo_label", "mean_teacher", "mixmatch", "simmatch", "comatch"),
 )
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import FAST, REPO, run_cli, tree
+from tests.conftest import FAST, REPO, refused, run_cli, tree
 
 
 def metrics_of(results):
@@ -164,7 +164,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, argv, mess
     results.mkdir()
     (results / "keep.txt").write_text("untouched")
     before = tree(results)
-    result = run_cli(*argv, f"results={results}", "progress=false")
+    result = refused(*argv, f"results={results}", "progress=false")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr

@@ -70,7 +70,9 @@ def real_batch(cfg, dataset, views: tuple[str, ...], labeled: int = 32, unlabele
         if view == "strong":
             crops = rand_augment(crops, generator)
         u.append(normalize(crops, mean, std))
-    return Batch(x=x, y=y, u=u, step=5, total_steps=10)
+    batch = Batch(x=x, y=y, u=u, step=5, total_steps=10)
+    batch.x_index, batch.labeled_size = torch.arange(labeled), labeled
+    return batch
 
 
 def fitted(model: torch.nn.Module, batch: Batch, steps: int = 30) -> torch.nn.Module:

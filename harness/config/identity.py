@@ -74,6 +74,7 @@ ADDED_KEYS: dict[tuple[str, ...], Any] = {
         for section in (
             *("fixmatch", "flexmatch", "freematch", "softmatch", "dash", "adamatch"),
             *("uda", "defixmatch", "pseudo_label", "mean_teacher", "mixmatch"),
+            *("simmatch", "comatch"),  # new with the key, out of their ids alike
         )
     },
 }

@@ -119,13 +119,14 @@ def stage_batches(
                 yield Batch(u=views, share=share(full))
         return
     pool = _epoch_indices(ctx, ctx.split.unlabeled, ctx.unlabeled_batch_size, stage, epoch)
-    labeled = None
+    labeled, labeled_batches = None, []
     if stage.labeled:
         cycled = cycled_batches(
             ctx.split.labeled, cfg.optim.batch_size, seed, stage.name, epoch, "x"
         )
-        labeled = load(list(itertools.islice(cycled, len(pool))))
-    for full, (u, _hidden_labels) in zip(pool, load(pool), strict=True):
+        labeled_batches = list(itertools.islice(cycled, len(pool)))
+        labeled = load(labeled_batches)
+    for step, (full, (u, _hidden_labels)) in enumerate(zip(pool, load(pool), strict=True)):
         read.unlabeled += len(full)
         views = [ctx.prepare(u, generator, len(full), v) for v in method.unlabeled_views]
         where = np.searchsorted(ctx.split.unlabeled, distributed.shard(full, ctx.place))
@@ -142,6 +143,10 @@ def stage_batches(
             batch.x = ctx.prepare(x, generator, size, method.labeled_view)
             batch.x_views = [ctx.prepare(x, generator, size, v) for v in method.labeled_extra_views]
             batch.y = y.to(ctx.device, non_blocking=True)
+            mine = distributed.shard(labeled_batches[step], ctx.place)
+            where = np.searchsorted(ctx.split.labeled, mine)
+            batch.x_index = torch.from_numpy(where).to(ctx.device)
+            batch.labeled_size = len(ctx.split.labeled)
         yield batch
     if labeled is not None:
         next(labeled, None)  # runs the stream to its end, which frees an FFCV loader

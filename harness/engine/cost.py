@@ -229,6 +229,7 @@ def _counter(
         if labeled:
             batch.x_views = [torch.randn_like(x) for _ in method.labeled_extra_views]
         batch.u_index, batch.pool_size = torch.arange(unlabeled, device=device), unlabeled
+        batch.x_index, batch.labeled_size = torch.arange(labeled, device=device), labeled
         # a copy: a method's running state (FlexMatch's records) must not keep this step
         counted = copy.deepcopy(method)
         counter = FlopCounterMode(display=False)
