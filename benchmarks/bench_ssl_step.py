@@ -17,6 +17,7 @@ normalization), against the FixMatch step they feed.
 
     python benchmarks/bench_ssl_step.py                 # this CPU, 1 thread (a run's default)
     python benchmarks/bench_ssl_step.py --threads 2
+    python benchmarks/bench_ssl_step.py --methods fixmatch,simmatch,comatch
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ def batch_for(ctx: Context, method, generator: torch.Generator) -> Batch:
     u = [ctx.prepare(pool, generator, m, view) for view in method.unlabeled_views]
     batch = Batch(x=x, y=y, u=u if any(s.unlabeled for s in method.stages()) else [])
     batch.u_index, batch.pool_size = torch.arange(m), m  # FlexMatch's records
+    batch.x_index, batch.labeled_size = torch.arange(len(x)), len(x)  # SimMatch's bank
     batch.x_views = [ctx.prepare(images[:n], generator, n, v) for v in method.labeled_extra_views]
     return batch
 
@@ -170,15 +172,25 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--methods",
+        default=",".join(METHODS[1:]),
+        help="comma-separated, timed beside the baseline (default: every one)",
+    )
     args = parser.parse_args()
+    chosen = args.methods.split(",")
+    unknown = sorted(set(chosen) - set(METHODS[1:]))
+    if unknown:
+        parser.error(f"unknown --methods {', '.join(unknown)}; valid: {', '.join(METHODS[1:])}")
     torch.set_num_threads(args.threads)
     cfg = load_config(suite_args() + [f"threads={args.threads}"])
     dataset = load_dataset(cfg.data)
-    setups = {name: setup(name, cfg, dataset) for name in METHODS}
+    names = ["baseline", *(name for name in METHODS[1:] if name in chosen)]
+    setups = {name: setup(name, cfg, dataset) for name in names}
     flops = {name: step_flops(*s[:3], s[5]) for name, s in setups.items()}
     base_f = flops["baseline"]
     labeled = cfg.optim.batch_size
-    for name in METHODS[1:]:  # the baseline on as many images as make the method's FLOPs
+    for name in names[1:]:  # the baseline on as many images as make the method's FLOPs
         images = round(labeled * flops[name] / base_f)
         setups[f"{name}@"] = same_flop_baseline(cfg, dataset, images)
     times: dict[str, list[float]] = {name: [] for name in setups}
@@ -199,7 +211,7 @@ def main() -> None:
         "| same-FLOP baseline ms | vs same-FLOP baseline |"
     )
     print("|---|---|--:|--:|--:|--:|--:|--:|--:|")
-    for name in METHODS:
+    for name in names:
         t = statistics.median(times[name])
         views = "+".join(setups[name][1].unlabeled_views) if setups[name][5].u else "-"
         same = statistics.median(times[f"{name}@"]) if name != "baseline" else t
@@ -208,6 +220,8 @@ def main() -> None:
             f"{flops[name] / base_f:.2f} | {(t / base_t) / (flops[name] / base_f):.2f} "
             f"| {1000 * same:.1f} | {t / same:.2f} |"
         )
+    if "fixmatch" not in names:
+        return
     weak = input_seconds(cfg, dataset, ("weak",), args.rounds)
     both = input_seconds(cfg, dataset, ("weak", "strong"), args.rounds)
     step = statistics.median(times["fixmatch"])
