@@ -37,6 +37,7 @@ from harness.errors import UsageError
 from harness.launch.slurm import (
     RUNNING_STATES,
     SlurmUnavailable,
+    array_id,
     job_history,
     live_jobs,
     log_files,
@@ -90,7 +91,9 @@ def _state(
     job = submission["job"] if submission else ""
     # sacct -D: one record per attempt; every one but the last ended in a requeue, and a
     # REQUEUED last one waits to start again (sacct may not list that attempt yet)
-    attempts = history.get(job, [])
+    # a held array cancelled before any task started is one record under the array's
+    # id for a moment (sacct lists "12", later "12_[0-1]"): it holds for every task
+    attempts = history.get(job) or history.get(array_id(job), [])
     requeued = sum(state == "REQUEUED" or i < len(attempts) - 1 for i, state in enumerate(attempts))
     log = str(log_files(slurm_dir(cfg), job)[1]) if job else ""
     common = {

@@ -32,83 +32,65 @@ def without_figures(args: list[str] | tuple[str, ...], module: str = "harness.ru
 
 
 def run_cli(
-    *args: str, module: str = "harness.run", timeout: float = 300, env: dict | None = None
+    *args: str,
+    module: str = "harness.run",
+    timeout: float = 300,
+    env: dict | None = None,
+    fresh: bool = False,
 ) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", module, *without_figures(args, module)],
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,  # never a pytest-xdist worker's stdin (its channel)
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+    """``python -m module args`` from the repo root: its status, stdout and stderr.
 
-
-def refused(
-    *args: str, module: str = "harness.run", timeout: float = 60, env: dict | None = None
-) -> subprocess.CompletedProcess:
-    """``python -m module args`` for input the CLI must refuse, run in a fork of this
-    worker: the same ``main()`` reading the same ``sys.argv`` from the repo root, its
-    exit status and its own stdout and stderr, without the two seconds of interpreter
-    and torch start-up a subprocess pays (a hundred bad-input cases made that about a
-    tenth of the suite). Only for refusals: a run that trains belongs in a real process
-    (``run_cli``), since a fork computes on one thread. A child still alive
-    after ``timeout`` seconds is killed and reads as exit 124."""
-    import importlib
-    import signal
+    It runs as a child of this worker's fork server (``tests/_cli_child.py``), which has
+    imported torch and the harness once: the same ``main()`` on the same ``sys.argv``,
+    three seconds sooner. ``env`` (a changed ``PYTHONPATH`` must reach a new
+    interpreter) or ``fresh=True`` runs a new interpreter instead, as a user would."""
+    argv = without_figures(args, module)
+    if env is not None or fresh:
+        return subprocess.run(
+            [sys.executable, "-m", module, *argv],
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,  # never a pytest-xdist worker's stdin (its channel)
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
     import tempfile
-    import time
-    import traceback
 
-    entry = {"harness.report": "harness.report.__main__"}.get(module, module)
-    argv = [module, *without_figures(args, module)]
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        pid = os.fork()
-        if pid == 0:  # the child: never returns into pytest
-            code = 1
-            try:
-                os.dup2(out.fileno(), 1)
-                os.dup2(err.fileno(), 2)
-                sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
-                sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
-                if env is not None:
-                    os.environ.clear()
-                    os.environ.update(env)
-                os.chdir(REPO)
-                sys.argv = argv
-                # OpenMP's pool does not survive a fork (a parallel region in the child
-                # hangs once the parent has used it): the child computes on one thread,
-                # whatever threads= says; a refusal has nothing to compute in parallel
-                import torch
+    from tests import _cli_child
 
-                torch.set_num_threads(1)
-                torch.set_num_threads = lambda _threads: None
-                try:
-                    code = importlib.import_module(entry).main() or 0
-                except SystemExit as stop:
-                    if stop.code is None or isinstance(stop.code, int):
-                        code = stop.code or 0
-                    else:  # sys.exit("message"), as the interpreter prints it
-                        print(stop.code, file=sys.stderr)
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        deadline = time.monotonic() + timeout
-        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if done[0] == 0:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            status = 124
-        else:
-            status = os.waitstatus_to_exitcode(done[1])
-        out.seek(0)
-        err.seek(0)
-        return subprocess.CompletedProcess(argv, status, out.read().decode(), err.read().decode())
+    with tempfile.TemporaryDirectory() as folder:
+        out, err = f"{folder}/stdout", f"{folder}/stderr"
+        child = _fork_server().Process(
+            target=_cli_child.run_main,
+            args=(module, argv, str(REPO), dict(os.environ), out, err),
+        )
+        child.start()
+        child.join(timeout)
+        if child.exitcode is None:
+            child.kill()
+            child.join()
+            raise subprocess.TimeoutExpired([module, *argv], timeout)
+        return subprocess.CompletedProcess(
+            [module, *argv],
+            child.exitcode,
+            Path(out).read_text(errors="replace"),
+            Path(err).read_text(errors="replace"),
+        )
+
+
+_FORK_SERVER = []
+
+
+def _fork_server():
+    """This worker's multiprocessing context whose server preloads ``tests._cli_child``."""
+    if not _FORK_SERVER:
+        import multiprocessing
+
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["tests._cli_child"])
+        _FORK_SERVER.append(context)
+    return _FORK_SERVER[0]
 
 
 def kill_when(args: list[str], checkpoints: str, reached, timeout: float = 120) -> bool:

@@ -35,7 +35,7 @@ from harness.data.prepare import main as prepare_main
 from harness.data.splits import draw_split, every_image_labeled
 from harness.errors import UsageError
 from harness.run import main as run_main
-from tests.conftest import needs_fashion_mnist, refused, run_cli
+from tests.conftest import needs_fashion_mnist, run_cli
 from tests.official_archives import (
     cifar100_labels,
     python2_pickle,
@@ -331,7 +331,7 @@ def test_bad_archive_input_is_one_line_exit_2_and_writes_nothing(root, tmp_path,
     args = [a.replace("BROKEN", str(broken)).replace("ABSENT", str(absent)) for a in args]
     results = tmp_path / "results"
     suite = write_suite(tmp_path, {"name": "cifar10", "path": str(root)})
-    done = refused(f"suite={suite}", f"results={results}", *args)
+    done = run_cli(f"suite={suite}", f"results={results}", *args)
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not results.exists()

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import refused
+from conftest import run_cli
 from scipy import stats
 
 from harness.claims import expand_claims
@@ -228,6 +228,6 @@ def test_a_bad_claim_is_a_one_line_usage_error(args, message):
 
 
 def test_a_bad_claim_exits_2_before_anything_is_written(results):
-    bad = refused(f"results={results}", *_claims("{name: a, methods: [sae_first], metric: x}"))
+    bad = run_cli(f"results={results}", *_claims("{name: a, methods: [sae_first], metric: x}"))
     assert bad.returncode == 2 and not results.exists()
     assert bad.stderr.count("\n") == 1 and "unknown claims[0].metric 'x'" in bad.stderr

@@ -16,7 +16,7 @@ from harness.engine.loop import set_trainable
 from harness.method import Batch, get_method
 from harness.models import build_encoder
 from harness.plan import make_plan
-from tests.conftest import assert_same_run, kill_when, refused, run_cli
+from tests.conftest import assert_same_run, kill_when, run_cli
 
 VARIANTS = ["sae_first", "sae_all", "sae_layerwise", "swwae_first", "swwae_all", "swwae_layerwise"]
 # digits, 100 labels, one seed, every stage short: seconds per run, real data
@@ -169,7 +169,7 @@ def test_plan_pulls_in_the_baseline_run_each_variant_starts_from():
 
 
 def test_wrong_number_of_loss_weights_exits_2(tmp_path):
-    result = refused("methods=[sae_all]", "decoding.weights=[0.01]", f"results={tmp_path}")
+    result = run_cli("methods=[sae_all]", "decoding.weights=[0.01]", f"results={tmp_path}")
     assert result.returncode == 2
     assert "decoding.weights has 1 values but model 'vgg_small_2' has 2 loss sites" in result.stderr
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
@@ -334,7 +334,7 @@ def test_invert_draws_sae_beside_swwae_from_each_layer(decoding_runs):
     ],
 )
 def test_invert_bad_input_exits_2(tmp_path, argv, message):
-    result = refused(*argv, *SHORT, f"results={tmp_path}", module="methods.decoding.invert")
+    result = run_cli(*argv, *SHORT, f"results={tmp_path}", module="methods.decoding.invert")
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())
@@ -430,7 +430,7 @@ def test_with_every_image_labeled_pool_stages_read_the_labeled_set():
 def test_a_pretrained_file_that_does_not_fit_the_model_exits_2(tmp_path):
     wrong = tmp_path / "vgg_small_3.pt"
     torch.save(build_encoder("vgg_small_3", 1, 10, 12).state_dict(), wrong)
-    result = refused(
+    result = run_cli(
         "methods=[swwae_all]", f"model.pretrained={wrong}", f"results={tmp_path / 'r'}"
     )
     assert result.returncode == 2

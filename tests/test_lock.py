@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from harness.lock import RunLock, is_held, read_holder
-from tests.conftest import FAST, REPO, refused, run_cli
+from tests.conftest import FAST, REPO, run_cli
 
 HOLD = """
 import sys, time
@@ -113,7 +113,7 @@ def test_two_processes_started_at_once_train_every_run_exactly_once(tmp_path):
 def test_a_results_root_that_cannot_hold_folders_exits_2_writing_nothing(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder\n")
-    done = refused(*FAST, f"results={blocker / 'results'}")
+    done = run_cli(*FAST, f"results={blocker / 'results'}")
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "cannot be written" in done.stderr, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]

@@ -25,7 +25,7 @@ from harness.models import (
 )
 from harness.plan import make_plan
 from harness.report.tables import MISSING_MD
-from tests.conftest import FAST, refused, run_cli, tree
+from tests.conftest import FAST, run_cli, tree
 
 DECODING = ["sae_first", "sae_all", "sae_layerwise", "swwae_first", "swwae_all", "swwae_layerwise"]
 
@@ -202,7 +202,7 @@ def test_a_method_the_model_cannot_serve_exits_2_before_any_work(tmp_path, metho
     results.mkdir()
     (results / "keep.txt").write_text("untouched")
     before = tree(results)
-    result = refused("model.name=mlp", f"methods={methods}", f"results={results}", *FAST)
+    result = run_cli("model.name=mlp", f"methods={methods}", f"results={results}", *FAST)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
@@ -258,7 +258,7 @@ def test_alexnet_trains_every_decoding_variant_and_inverts_from_its_eight_layers
         "report.plots=false",
         f"results={tmp_path}",
     ]
-    weights = refused(*args, "methods=[swwae_first]")
+    weights = run_cli(*args, "methods=[swwae_first]")
     assert weights.returncode == 2
     assert "decoding.weights has 2 values but model 'alexnet' has 3 loss sites" in weights.stderr
     args.append("decoding.weights=[0.01,0.0001,0.0001]")

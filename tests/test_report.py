@@ -30,7 +30,7 @@ from harness.report.build import build_report, print_report
 from harness.report.data import CORRECT_NAME, load_runs
 from harness.report.extras import Extra, Section
 from harness.store import RunRecord, correctness
-from tests.conftest import FAST, REPO, refused, run_cli
+from tests.conftest import FAST, REPO, run_cli
 
 VAL, CLASSES = 3000, 10
 METHODS = ["baseline", "sae_first", "swwae_all"]
@@ -300,9 +300,9 @@ def test_reading_records_while_they_are_written_never_fails(tmp_path):
 
 def test_report_cli_errors_and_end_to_end(suite):
     cfg, _ = suite
-    missing = refused(f"results={cfg.results}", "labels=[200]", module="harness.report")
+    missing = run_cli(f"results={cfg.results}", "labels=[200]", module="harness.report")
     assert missing.returncode == 2 and "no run records" in missing.stderr
-    bad = refused(f"results={cfg.results}", "report.bogus=1", module="harness.report")
+    bad = run_cli(f"results={cfg.results}", "report.bogus=1", module="harness.report")
     assert bad.returncode == 2 and "report.last_k" in bad.stderr
     ok = run_cli(*ARGS, f"results={cfg.results}", module="harness.report")
     assert ok.returncode == 0, ok.stderr
@@ -619,7 +619,7 @@ def test_published_entries_load_from_a_suite_file(tmp_path):
 
 
 def test_a_bad_published_entry_exits_2_before_any_run(results):
-    bad = refused(
+    bad = run_cli(
         f"results={results}", "published=[{method: ladr, labels: 100, mean: 20}]", "dry_run=true"
     )
     assert bad.returncode == 2 and not results.exists()

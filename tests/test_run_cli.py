@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import FAST, REPO, refused, run_cli, tree
+from tests.conftest import FAST, REPO, run_cli, tree
 
 
 def metrics_of(results):
@@ -24,7 +24,7 @@ def metrics_of(results):
 
 
 def test_default_suite_runs_end_to_end_and_a_rerun_does_nothing(results):
-    first = run_cli(*FAST, f"results={results}", "report.plots=true")  # the README's run
+    first = run_cli(*FAST, f"results={results}", "report.plots=true", fresh=True)  # README run
     assert first.returncode == 0, first.stderr
     assert "| baseline |" in first.stdout and "top-1 val" in first.stdout
     (record,) = (config.parent for config in results.glob("digits/*/config.yaml"))
@@ -164,7 +164,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, argv, mess
     results.mkdir()
     (results / "keep.txt").write_text("untouched")
     before = tree(results)
-    result = refused(*argv, f"results={results}", "progress=false")
+    result = run_cli(*argv, f"results={results}", "progress=false")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from harness.models import build_encoder
-from tests.conftest import refused
+from tests.conftest import run_cli
 
 
 def count(model: nn.Module, kind: type[nn.Module]) -> int:
@@ -67,7 +67,7 @@ def test_resnet50s_names_are_torchvisions_under_features():
     ],
 )
 def test_a_backbone_at_a_crop_it_cannot_take_is_one_line_exit_2(tmp_path, args, message):
-    done = refused("suite=mnist_ssl", *args, f"results={tmp_path / 'results'}")
+    done = run_cli("suite=mnist_ssl", *args, f"results={tmp_path / 'results'}")
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert message in done.stderr
     assert not (tmp_path / "results").exists()
