@@ -15,11 +15,18 @@ import os
 import sys
 import traceback
 
-import torch  # noqa: F401  (the import the server pays once)
+import torch  # noqa: F401  (the imports the server pays once)
+import torch._dynamo  # noqa: F401  (what building the first optimizer imports: 2 s)
 
+import harness.engine.lifecycle  # noqa: F401
 import harness.report.__main__  # noqa: F401
+import harness.report.plots  # noqa: F401  (seaborn, for the runs that draw)
 import harness.run  # noqa: F401
 import harness.status  # noqa: F401
+from harness.plugins import import_plugins
+
+for _role in ("settings", "method", "report"):  # every method of methods/, registered
+    import_plugins(_role)
 
 ENTRY = {"harness.report": "harness.report.__main__"}
 
