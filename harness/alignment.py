@@ -22,6 +22,14 @@ from harness.engine.distributed import all_rows
 TARGETS = ("uniform", "labeled")
 
 
+def reweighted(
+    probs: torch.Tensor, p_target: torch.Tensor | float, p_model: torch.Tensor
+) -> torch.Tensor:
+    """``probs`` times (p_target + 1e-6) / (p_model + 1e-6), renormalized per row."""
+    aligned = probs.float() * (p_target + 1e-6) / (p_model + 1e-6)
+    return aligned / aligned.sum(dim=-1, keepdim=True)
+
+
 class DistributionAlignment:
     """p_target / p_model reweighting of class probabilities, with its running state."""
 
@@ -51,8 +59,7 @@ class DistributionAlignment:
                 raise ValueError("alignment to the labeled distribution needs its probabilities")
             labeled = all_rows(probs_labeled.detach().float()).mean(dim=0)
             self.p_target = self.p_target * self.momentum + labeled * (1 - self.momentum)
-        aligned = probs_unlabeled.float() * (self.p_target + 1e-6) / (self.p_model + 1e-6)
-        return aligned / aligned.sum(dim=-1, keepdim=True)
+        return reweighted(probs_unlabeled, self.p_target, self.p_model)
 
     def state_dict(self) -> dict[str, Any]:
         model = None if self.p_model is None else self.p_model.cpu()
@@ -82,12 +89,13 @@ class QueueAlignment:
         self.p_model = self.p_model.to(unlabeled.device)
         self.p_model[self.pointer] = unlabeled.mean(dim=0)
         self.pointer = (self.pointer + 1) % len(self.p_model)
-        uniform = 1.0 / self.p_model.shape[1]
-        aligned = probs_unlabeled.float() * (uniform + 1e-6) / (self.p_model.mean(dim=0) + 1e-6)
-        return aligned / aligned.sum(dim=-1, keepdim=True)
+        return reweighted(probs_unlabeled, 1.0 / self.p_model.shape[1], self.p_model.mean(dim=0))
 
     def state_dict(self) -> dict[str, Any]:
         return {"p_model": self.p_model.cpu().clone(), "pointer": self.pointer}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.p_model, self.pointer = state["p_model"], int(state["pointer"])
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> QueueAlignment:
+        alignment = cls(*state["p_model"].shape[::-1])
+        alignment.p_model, alignment.pointer = state["p_model"], int(state["pointer"])
+        return alignment

@@ -46,11 +46,18 @@ def dropout_off(network: nn.Module) -> Iterator[None]:
             layer.train()
 
 
-def teacher_pass(network: nn.Module, *batches: torch.Tensor) -> list[torch.Tensor]:
-    """Scores that only make targets, with ``teacher_dropout=false``: no gradient,
-    dropout off, batch-norm running statistics untouched (they follow the trained pass
-    alone, as in a reference whose one pass holds every view)."""
+@contextmanager
+def teacher_mode(network: nn.Module) -> Iterator[None]:
+    """How a pass that only makes targets runs with ``teacher_dropout=false``: no
+    gradient, dropout off, batch-norm running statistics untouched (they follow the
+    trained pass alone, as in a reference whose one pass holds every view)."""
     with torch.no_grad(), dropout_off(network), batch_norm_stats_kept(network):
+        yield
+
+
+def teacher_pass(network: nn.Module, *batches: torch.Tensor) -> list[torch.Tensor]:
+    """Scores that only make targets, in ``teacher_mode``."""
+    with teacher_mode(network):
         return logits_of(network, *batches)
 
 
@@ -120,7 +127,7 @@ def tops_and_logits(
     """The top representations and class scores of several batches from one forward
     pass of their concatenation, as ``logits_with_targets``: with ``teacher_dropout``
     false and dropout in the network, the batch at ``targets_at`` comes from a
-    separate pass without gradient, dropout or batch-norm statistics."""
+    separate pass in ``teacher_mode``."""
 
     def one_pass(*parts: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         top = network.features(torch.cat(parts))
@@ -130,7 +137,7 @@ def tops_and_logits(
     if teacher_dropout or not has_dropout(network):
         return one_pass(*batches)
     tops, scores = one_pass(*batches[:targets_at], *batches[targets_at + 1 :])
-    with torch.no_grad(), dropout_off(network), batch_norm_stats_kept(network):
+    with teacher_mode(network):
         (top,), (score,) = one_pass(batches[targets_at])
     tops.insert(targets_at, top)
     scores.insert(targets_at, score)

@@ -7,6 +7,7 @@ plugin (its name starts with ``_``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -73,6 +74,17 @@ class Projected(WeakStrong):
         )
         embeddings = model.projection(torch.cat(tops)).split([len(t) for t in tops])
         return scores, list(embeddings)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The bank and the alignment queue, once the first step has made them."""
+        if self.bank is None or self.alignment is None:
+            return {}
+        return {"bank": self.bank.state_dict(), "alignment": self.alignment.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "bank" in state:
+            self.bank = MemoryBank.from_state(state["bank"])
+            self.alignment = QueueAlignment.from_state(state["alignment"])
 
     def thresholded(self, smoothed: torch.Tensor) -> torch.Tensor:
         """1.0 where the smoothed pseudo-label's top probability reaches τ."""

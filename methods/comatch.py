@@ -142,17 +142,10 @@ class CoMatch(Projected):
         return alpha * probs + (1 - alpha) * affinity @ bank.payload
 
     def state_dict(self) -> dict[str, Any]:
-        if self.bank is None or self.alignment is None:
-            return {}
-        return {
-            "bank": self.bank.state_dict(),
-            "alignment": self.alignment.state_dict(),
-            "steps_seen": self.steps_seen,
-        }
+        state = super().state_dict()
+        return {**state, "steps_seen": self.steps_seen} if state else {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
         if state:
-            self.bank = MemoryBank.from_state(state["bank"])
-            self.alignment = QueueAlignment(1, 1)
-            self.alignment.load_state_dict(state["alignment"])
             self.steps_seen = int(state["steps_seen"])

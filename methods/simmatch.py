@@ -146,14 +146,8 @@ class SimMatch(Projected):
         return alpha * probs + (1 - alpha) * per_class, instance_target
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"bank_seed": self.bank_seed}
-        if self.bank is not None and self.alignment is not None:
-            state |= {"bank": self.bank.state_dict(), "alignment": self.alignment.state_dict()}
-        return state
+        return {**super().state_dict(), "bank_seed": self.bank_seed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
         self.bank_seed = int(state.get("bank_seed", self.bank_seed))
-        if "bank" in state:
-            self.bank = MemoryBank.from_state(state["bank"])
-            self.alignment = QueueAlignment(1, 1)
-            self.alignment.load_state_dict(state["alignment"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -79,18 +80,14 @@ def run_cli(
         )
 
 
-_FORK_SERVER = []
-
-
+@functools.cache
 def _fork_server():
     """This worker's multiprocessing context whose server preloads ``tests._cli_child``."""
-    if not _FORK_SERVER:
-        import multiprocessing
+    import multiprocessing
 
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["tests._cli_child"])
-        _FORK_SERVER.append(context)
-    return _FORK_SERVER[0]
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["tests._cli_child"])
+    return context
 
 
 def kill_when(args: list[str], checkpoints: str, reached, timeout: float = 120) -> bool:

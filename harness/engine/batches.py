@@ -101,6 +101,11 @@ def stage_batches(
     def share(full: np.ndarray) -> float:
         return ctx.place.size * len(distributed.shard(full, ctx.place)) / len(full)
 
+    def positions(subset: np.ndarray, full: np.ndarray) -> torch.Tensor:
+        """Where this rank's images of the batch ``full`` sit in the sorted ``subset``."""
+        where = np.searchsorted(subset, distributed.shard(full, ctx.place))
+        return torch.from_numpy(where).to(ctx.device)
+
     if not ctx.draws_pool(stage):
         batches = _epoch_indices(ctx, ctx.split.labeled, cfg.optim.batch_size, stage, epoch)
         for full, (images, y) in zip(batches, load(batches), strict=True):
@@ -129,11 +134,10 @@ def stage_batches(
     for step, (full, (u, _hidden_labels)) in enumerate(zip(pool, load(pool), strict=True)):
         read.unlabeled += len(full)
         views = [ctx.prepare(u, generator, len(full), v) for v in method.unlabeled_views]
-        where = np.searchsorted(ctx.split.unlabeled, distributed.shard(full, ctx.place))
         batch = Batch(
             u=views,
             share=share(full),
-            u_index=torch.from_numpy(where).to(ctx.device),
+            u_index=positions(ctx.split.unlabeled, full),
             pool_size=len(ctx.split.unlabeled),
         )
         if labeled is not None:
@@ -143,9 +147,7 @@ def stage_batches(
             batch.x = ctx.prepare(x, generator, size, method.labeled_view)
             batch.x_views = [ctx.prepare(x, generator, size, v) for v in method.labeled_extra_views]
             batch.y = y.to(ctx.device, non_blocking=True)
-            mine = distributed.shard(labeled_batches[step], ctx.place)
-            where = np.searchsorted(ctx.split.labeled, mine)
-            batch.x_index = torch.from_numpy(where).to(ctx.device)
+            batch.x_index = positions(ctx.split.labeled, labeled_batches[step])
             batch.labeled_size = len(ctx.split.labeled)
         yield batch
     if labeled is not None:
